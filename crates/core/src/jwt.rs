@@ -1,0 +1,628 @@
+//! Verification of incoming OIDC subject tokens: the one place that decodes a
+//! JWT without verifying it ([`peek_unverified`], only to pick the issuer),
+//! and the checks that turn a token into [`VerifiedClaims`] ([`verify_oidc`]).
+//!
+//! Pure: keys, configuration and the current time (`now`, seconds since the
+//! Unix epoch) are parameters. jsonwebtoken checks the signature only; every
+//! claim check (issuer, audience, times) is done here against `now`, because
+//! jsonwebtoken would read the system clock.
+//!
+//! Trust levels are in the names: `unverified_*` values come from a token
+//! whose signature has not been checked and are used only to choose which
+//! configured issuer and key to verify with; after [`verify_oidc`] the values
+//! are `claims`.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::claims::VerifiedClaims;
+use crate::issuer::IssuerKind;
+
+/// Default and maximum clock-skew leeway for `exp`, `nbf` and `iat`.
+///
+/// Every second of leeway lengthens the life of a stolen or leaked token past
+/// its `exp`, so it is capped: a configured leeway above the cap is clamped to
+/// it (and a negative one to zero) by [`VerifyConfig::effective_leeway_secs`].
+pub const MAX_LEEWAY_SECS: i64 = 60;
+
+/// Default bound on a token's age (`now - iat`): one hour.
+///
+/// Stops replay of old tokens from issuers that mint long-lived ID tokens
+/// (GitLab's live as long as the job): a token captured from an old job log
+/// is refused even while its `exp` lies ahead. GitHub's tokens live 5 minutes,
+/// so for them `exp` is the tighter bound.
+pub const DEFAULT_MAX_TOKEN_AGE_SECS: i64 = 60 * 60;
+
+/// Default bound on the size of a presented token, in bytes: 16 KiB.
+///
+/// Checked before anything is decoded, so a caller cannot make the server
+/// base64-decode and parse megabytes of JSON before it is refused. Real CI
+/// tokens are 1-2 KiB.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// What incoming OIDC tokens must satisfy, apart from the per-issuer facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// The `aud` that incoming tokens must contain (this server's audience).
+    /// Stops a token minted for another relying party from being replayed
+    /// here.
+    pub audience: String,
+    /// Clock-skew leeway in seconds, capped at [`MAX_LEEWAY_SECS`].
+    pub leeway_secs: i64,
+    /// Largest accepted token age, `now - iat`, in seconds; see
+    /// [`DEFAULT_MAX_TOKEN_AGE_SECS`].
+    pub max_age_secs: i64,
+    /// Largest accepted token, in bytes; see [`DEFAULT_MAX_TOKEN_BYTES`].
+    pub max_token_bytes: usize,
+}
+
+impl VerifyConfig {
+    /// A configuration for `audience` with the documented defaults.
+    pub fn new(audience: impl Into<String>) -> Self {
+        VerifyConfig {
+            audience: audience.into(),
+            leeway_secs: MAX_LEEWAY_SECS,
+            max_age_secs: DEFAULT_MAX_TOKEN_AGE_SECS,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+
+    /// The leeway actually applied: `leeway_secs` clamped to
+    /// `0..=MAX_LEEWAY_SECS`.
+    pub fn effective_leeway_secs(&self) -> i64 {
+        self.leeway_secs.clamp(0, MAX_LEEWAY_SECS)
+    }
+}
+
+/// One configured, trusted OIDC issuer, as verification needs it.
+///
+/// Enterprise (`https://token.actions.githubusercontent.com/<slug>`), GHES and
+/// GHE.com issuers are separate `IssuerSpec`s: issuers are matched by exact
+/// string equality, never by prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerSpec {
+    /// The issuer's name in the server config and in policies (`github`).
+    pub name: String,
+    /// What shape of identity it issues.
+    pub kind: IssuerKind,
+    /// The exact `iss` value its tokens carry.
+    pub url: String,
+    /// The fixed list of signature algorithms accepted from it. The token's
+    /// header only selects among these; HMAC algorithms are never accepted,
+    /// even if listed, because the verification key of an OIDC issuer is
+    /// public.
+    pub algorithms: Vec<Algorithm>,
+}
+
+impl IssuerSpec {
+    /// An issuer with the default algorithm allow-list of its kind
+    /// ([`default_algorithms`]).
+    pub fn new(name: impl Into<String>, kind: IssuerKind, url: impl Into<String>) -> Self {
+        IssuerSpec { name: name.into(), kind, url: url.into(), algorithms: default_algorithms(kind) }
+    }
+}
+
+/// The algorithms accepted from an issuer of `kind` unless configured
+/// otherwise: RS256, the only algorithm GitHub Actions and GitLab sign ID
+/// tokens with, and the one OIDC Core requires every issuer to support.
+pub fn default_algorithms(kind: IssuerKind) -> Vec<Algorithm> {
+    match kind {
+        IssuerKind::GitHub | IssuerKind::GitLab | IssuerKind::Generic => vec![Algorithm::RS256],
+    }
+}
+
+/// The header fields and issuer of a token whose signature has NOT been
+/// verified. Use them only to choose the configured issuer and its key.
+#[derive(Debug, Clone)]
+pub struct UnverifiedToken<'a> {
+    /// The `iss` claim, as the token states it.
+    pub unverified_iss: String,
+    /// The header's `kid`, if any.
+    pub unverified_kid: Option<String>,
+    /// The header's `alg`, as written (may be `none`, `HS256`, anything).
+    pub unverified_alg: String,
+    unverified_jwt: &'a str,
+}
+
+impl<'a> UnverifiedToken<'a> {
+    /// The compact token these fields were read from.
+    pub fn unverified_jwt(&self) -> &'a str {
+        self.unverified_jwt
+    }
+}
+
+/// Why an OIDC token was refused: one variant per failed check.
+///
+/// `Display` never contains values read from an unverified token (an
+/// attacker chooses them); values from verified claims may appear.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The token is longer than [`VerifyConfig::max_token_bytes`].
+    #[error("token is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Size of the presented token.
+        len: usize,
+        /// The configured bound.
+        max: usize,
+    },
+    /// The token is not a well-formed compact JWS with a JSON header and
+    /// a JSON object as payload.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// The header lists `crit` extensions; none are supported (RFC 7515
+    /// §4.1.11 requires refusing them).
+    #[error("token header lists critical extensions (`crit`), which this server does not support")]
+    CriticalHeader,
+    /// The token's `iss` is no configured issuer.
+    #[error(
+        "token issuer is not one this server trusts: request the token from a configured issuer, or configure it under [[issuers]]"
+    )]
+    UnknownIssuer,
+    /// The issuer's signing keys could not be fetched and none are cached.
+    /// Temporary: the server answers 503 "temporarily unavailable", and the
+    /// client may retry.
+    #[error("signing keys of issuer `{issuer}` are temporarily unavailable: retry later")]
+    KeysUnavailable {
+        /// The configured issuer name.
+        issuer: String,
+    },
+    /// The header's `alg` is not in the issuer's allow-list (`none`, HMAC
+    /// and anything unlisted).
+    #[error("token algorithm is not accepted from this issuer (accepted: {allowed})")]
+    Algorithm {
+        /// The issuer's allow-list, for the message.
+        allowed: String,
+    },
+    /// The token has no `kid` and the key set does not hold exactly one key
+    /// usable with its algorithm.
+    #[error(
+        "token has no `kid` and the issuer publishes more than one usable key (or none): mint a token with a `kid`"
+    )]
+    MissingKeyId,
+    /// No key in the issuer's key set has the token's `kid` (rotated out,
+    /// or forged).
+    #[error("token `kid` names no key the issuer publishes: mint a fresh token")]
+    UnknownKey,
+    /// More than one usable key in the set has the token's `kid`.
+    #[error("the issuer publishes several usable keys with the token's `kid`")]
+    AmbiguousKey,
+    /// The key named by `kid` cannot verify the token's algorithm.
+    #[error("the key named by the token's `kid` cannot verify its algorithm: {0}")]
+    KeyMismatch(&'static str),
+    /// The signature does not verify with the selected key.
+    #[error("token signature does not verify")]
+    Signature,
+    /// The verified `iss` is not byte-for-byte the configured issuer URL.
+    #[error("token `iss` is not exactly the configured issuer `{expected}`")]
+    Issuer {
+        /// The configured URL.
+        expected: String,
+    },
+    /// `aud` is missing or does not contain this server's audience.
+    #[error(
+        "token audience {got} does not include `{expected}`: request the OIDC token with audience `{expected}`"
+    )]
+    Audience {
+        /// The configured audience.
+        expected: String,
+        /// The token's `aud`, rendered as JSON (`null` when absent).
+        got: String,
+    },
+    /// `now > exp + leeway`.
+    #[error("token expired at {exp} (now {now}): request a fresh token")]
+    Expired {
+        /// The token's `exp`.
+        exp: i64,
+        /// The time of the check.
+        now: i64,
+    },
+    /// `nbf > now + leeway`.
+    #[error("token is not valid before {nbf} (now {now}): check the clocks of the issuer and this server")]
+    NotYetValid {
+        /// The token's `nbf`.
+        nbf: i64,
+        /// The time of the check.
+        now: i64,
+    },
+    /// `iat > now + leeway`.
+    #[error("token is issued in the future, at {iat} (now {now}): check the clocks of the issuer and this server")]
+    IssuedInFuture {
+        /// The token's `iat`.
+        iat: i64,
+        /// The time of the check.
+        now: i64,
+    },
+    /// `now - iat > max_age`.
+    #[error("token is {age_secs} s old, older than the {max_secs} s allowed: request a fresh token")]
+    TooOld {
+        /// `now - iat`.
+        age_secs: i64,
+        /// The configured bound.
+        max_secs: i64,
+    },
+    /// A required claim is absent.
+    #[error("token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// A claim is present with the wrong type or an empty value.
+    #[error("token claim `{claim}` is invalid: {reason}")]
+    InvalidClaim {
+        /// The claim's name.
+        claim: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
+
+impl VerifyError {
+    /// A short, stable class for metrics, logs and the caller-facing
+    /// "invalid token" answer.
+    pub fn reason_class(&self) -> &'static str {
+        match self {
+            VerifyError::TooLarge { .. } => "too_large",
+            VerifyError::Malformed(_) | VerifyError::CriticalHeader => "malformed",
+            VerifyError::UnknownIssuer => "unknown_issuer",
+            VerifyError::KeysUnavailable { .. } => "keys_unavailable",
+            VerifyError::Algorithm { .. } => "algorithm",
+            VerifyError::MissingKeyId | VerifyError::UnknownKey | VerifyError::AmbiguousKey => {
+                "unknown_key"
+            }
+            VerifyError::KeyMismatch(_) => "key_mismatch",
+            VerifyError::Signature => "signature",
+            VerifyError::Issuer { .. } => "issuer",
+            VerifyError::Audience { .. } => "audience",
+            VerifyError::Expired { .. } => "expired",
+            VerifyError::NotYetValid { .. } => "not_yet_valid",
+            VerifyError::IssuedInFuture { .. } => "issued_in_future",
+            VerifyError::TooOld { .. } => "too_old",
+            VerifyError::MissingClaim(_) => "missing_claim",
+            VerifyError::InvalidClaim { .. } => "invalid_claim",
+        }
+    }
+
+    /// True when the failure was found before the signature verified. Then
+    /// nothing about the token is trustworthy, and the server says only
+    /// "invalid token" plus [`reason_class`](Self::reason_class) (or, for
+    /// [`KeysUnavailable`](Self::KeysUnavailable), "temporarily unavailable").
+    pub fn before_signature(&self) -> bool {
+        match self {
+            VerifyError::TooLarge { .. }
+            | VerifyError::Malformed(_)
+            | VerifyError::CriticalHeader
+            | VerifyError::UnknownIssuer
+            | VerifyError::KeysUnavailable { .. }
+            | VerifyError::Algorithm { .. }
+            | VerifyError::MissingKeyId
+            | VerifyError::UnknownKey
+            | VerifyError::AmbiguousKey
+            | VerifyError::KeyMismatch(_)
+            | VerifyError::Signature => true,
+            VerifyError::Issuer { .. }
+            | VerifyError::Audience { .. }
+            | VerifyError::Expired { .. }
+            | VerifyError::NotYetValid { .. }
+            | VerifyError::IssuedInFuture { .. }
+            | VerifyError::TooOld { .. }
+            | VerifyError::MissingClaim(_)
+            | VerifyError::InvalidClaim { .. } => false,
+        }
+    }
+
+    /// True when retrying later may succeed without a new token: the server
+    /// answers these with 503, not 4xx.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, VerifyError::KeysUnavailable { .. })
+    }
+}
+
+/// Reads a token's header and `iss` WITHOUT verifying anything: the one
+/// place in writ that decodes a JWT unverified.
+///
+/// The result may only pick the configured issuer (by exact `iss`) and the
+/// key (by `kid`); every value in it is attacker-controlled. The size bound
+/// is checked first, before any decoding.
+pub fn peek_unverified(
+    token: &str,
+    max_token_bytes: usize,
+) -> Result<UnverifiedToken<'_>, VerifyError> {
+    if token.len() > max_token_bytes {
+        return Err(VerifyError::TooLarge { len: token.len(), max: max_token_bytes });
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed("a JWT has three dot-separated parts"));
+    };
+    let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
+    let unverified_payload = decode_json_object(payload_b64, "the payload is not base64url JSON")?;
+
+    if unverified_header.contains_key("crit") {
+        return Err(VerifyError::CriticalHeader);
+    }
+    let Some(Value::String(unverified_alg)) = unverified_header.get("alg") else {
+        return Err(VerifyError::Malformed("the header has no `alg` string"));
+    };
+    let unverified_kid = match unverified_header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(VerifyError::Malformed("the header's `kid` is not a string")),
+    };
+    let Some(Value::String(unverified_iss)) = unverified_payload.get("iss") else {
+        return Err(VerifyError::Malformed("the payload has no `iss` string"));
+    };
+    Ok(UnverifiedToken {
+        unverified_iss: unverified_iss.clone(),
+        unverified_kid,
+        unverified_alg: unverified_alg.clone(),
+        unverified_jwt: token,
+    })
+}
+
+fn decode_json_object(part: &str, what: &'static str) -> Result<Map<String, Value>, VerifyError> {
+    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| VerifyError::Malformed(what))?;
+    serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed(what))
+}
+
+/// Verifies an OIDC token from `issuer` against its `keys` at time `now`
+/// (seconds since the Unix epoch), in this order:
+///
+/// 1. size at most `cfg.max_token_bytes`; header and payload parse;
+/// 2. the header's `alg` is in `issuer.algorithms` and not HMAC — the
+///    algorithm is never taken from the header alone, which stops `none` and
+///    the HS256-keyed-with-the-public-key confusion attack;
+/// 3. the key: the JWK whose `kid` equals the header's; a token without
+///    `kid` only when the set holds exactly one key usable with the
+///    algorithm. The JWK's `kty` (and curve) must fit the algorithm family
+///    (RSA for RS*/PS*, EC for ES*, OKP for EdDSA), its `alg`, if present,
+///    must equal the algorithm, its `use`, if present, must be `sig`;
+/// 4. the signature (jsonwebtoken, with the one algorithm and all of its
+///    own claim checks off);
+/// 5. `iss` byte-for-byte equal to `issuer.url` (a trailing slash or a
+///    lookalike host is a mismatch);
+/// 6. `aud` (string or array) contains `cfg.audience`;
+/// 7. `exp` required, `now > exp + leeway` is expired; `nbf`, if present,
+///    `nbf > now + leeway` is not yet valid; `iat` required,
+///    `iat > now + leeway` is refused, `now - iat > max_age` is too old;
+/// 8. `jti` and `sub` required, non-empty strings (`jti` is what replay
+///    protection records).
+///
+/// Numeric dates must be JSON integers.
+pub fn verify_oidc(
+    token: &str,
+    issuer: &IssuerSpec,
+    keys: &JwkSet,
+    cfg: &VerifyConfig,
+    now: i64,
+) -> Result<VerifiedClaims, VerifyError> {
+    let unverified = peek_unverified(token, cfg.max_token_bytes)?;
+    let alg = allowed_algorithm(&unverified.unverified_alg, &issuer.algorithms)?;
+    let jwk = select_key(keys, unverified.unverified_kid.as_deref(), alg)?;
+    let key = DecodingKey::from_jwk(jwk)
+        .map_err(|_| VerifyError::KeyMismatch("the key's parameters are not a valid public key"))?;
+
+    let claims = verify_signature(token, &key, alg)?;
+    check_claims(claims, issuer, cfg, now)
+}
+
+fn allowed_algorithm(unverified_alg: &str, allowed: &[Algorithm]) -> Result<Algorithm, VerifyError> {
+    let refuse = || VerifyError::Algorithm {
+        allowed: allowed
+            .iter()
+            .filter(|a| a.family() != AlgorithmFamily::Hmac)
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    // `Algorithm::from_str` knows no `none`, so `none` is refused here.
+    let alg = Algorithm::from_str(unverified_alg).map_err(|_| refuse())?;
+    if alg.family() == AlgorithmFamily::Hmac || !allowed.contains(&alg) {
+        return Err(refuse());
+    }
+    Ok(alg)
+}
+
+/// Picks the verification key: by `kid`, else the single usable key.
+fn select_key<'k>(
+    keys: &'k JwkSet,
+    unverified_kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<&'k Jwk, VerifyError> {
+    let Some(kid) = unverified_kid else {
+        let mut usable = keys.keys.iter().filter(|jwk| key_fits(jwk, alg).is_ok());
+        return match (usable.next(), usable.next()) {
+            (Some(jwk), None) => Ok(jwk),
+            _ => Err(VerifyError::MissingKeyId),
+        };
+    };
+    let named: Vec<&Jwk> =
+        keys.keys.iter().filter(|jwk| jwk.common.key_id.as_deref() == Some(kid)).collect();
+    let Some(first) = named.first() else {
+        return Err(VerifyError::UnknownKey);
+    };
+    let mut usable = named.iter().filter(|jwk| key_fits(jwk, alg).is_ok());
+    match (usable.next(), usable.next()) {
+        (Some(jwk), None) => Ok(jwk),
+        (Some(_), Some(_)) => Err(VerifyError::AmbiguousKey),
+        (None, _) => Err(key_fits(first, alg).err().unwrap_or(VerifyError::UnknownKey)),
+    }
+}
+
+/// Whether `jwk` may verify `alg`. Stops key-type confusion: an RSA token
+/// checked against an EC or symmetric (`oct`) key, a key published for
+/// another algorithm, or an encryption key used for signatures.
+fn key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), VerifyError> {
+    let kty_fits = match (&jwk.algorithm, alg.family()) {
+        (AlgorithmParameters::RSA(_), AlgorithmFamily::Rsa) => true,
+        (AlgorithmParameters::EllipticCurve(ec), AlgorithmFamily::Ec) => matches!(
+            (&ec.curve, alg),
+            (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
+        ),
+        (AlgorithmParameters::OctetKeyPair(okp), AlgorithmFamily::Ed) => {
+            okp.curve == EllipticCurve::Ed25519
+        }
+        _ => false,
+    };
+    if !kty_fits {
+        return Err(VerifyError::KeyMismatch("the key type (`kty`, `crv`) does not fit the algorithm"));
+    }
+    if let Some(key_alg) = jwk.common.key_algorithm
+        && key_alg != KeyAlgorithm::from(alg)
+    {
+        return Err(VerifyError::KeyMismatch("the key's `alg` is not the token's algorithm"));
+    }
+    if let Some(key_use) = &jwk.common.public_key_use
+        && *key_use != PublicKeyUse::Signature
+    {
+        return Err(VerifyError::KeyMismatch("the key's `use` is not `sig`"));
+    }
+    if let Some(ops) = &jwk.common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
+    {
+        return Err(VerifyError::KeyMismatch("the key's `key_ops` do not include `verify`"));
+    }
+    Ok(())
+}
+
+/// Checks the signature with jsonwebtoken and returns the payload. Its own
+/// claim checks are all off (it would read the system clock; core must not,
+/// and does each check itself against `now`).
+fn verify_signature(
+    token: &str,
+    key: &DecodingKey,
+    alg: Algorithm,
+) -> Result<Map<String, Value>, VerifyError> {
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims = HashSet::new();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
+        .map(|data| data.claims)
+        .map_err(|err| match err.kind() {
+            ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+                VerifyError::Malformed("the header or payload is not valid JSON")
+            }
+            ErrorKind::InvalidRsaKey(_)
+            | ErrorKind::InvalidEcdsaKey
+            | ErrorKind::InvalidEddsaKey
+            | ErrorKind::InvalidKeyFormat => {
+                VerifyError::KeyMismatch("the key's parameters are not a valid public key")
+            }
+            // Bad signature bytes, non-canonical base64 in the signature,
+            // and any refusal of the crypto provider.
+            _ => VerifyError::Signature,
+        })
+}
+
+/// Every claim check after the signature verified.
+fn check_claims(
+    claims: Map<String, Value>,
+    issuer: &IssuerSpec,
+    cfg: &VerifyConfig,
+    now: i64,
+) -> Result<VerifiedClaims, VerifyError> {
+    let leeway = cfg.effective_leeway_secs();
+
+    // Exact equality: `https://token.actions.githubusercontent.com/` and
+    // `https://token.actions.githubusercontent.com.evil.com` are other
+    // issuers, and so is an enterprise issuer `…/acme`.
+    let iss = required_string(&claims, "iss")?;
+    if iss != issuer.url {
+        return Err(VerifyError::Issuer { expected: issuer.url.clone() });
+    }
+
+    check_audience(claims.get("aud"), &cfg.audience)?;
+
+    let exp = numeric_date(&claims, "exp")?.ok_or(VerifyError::MissingClaim("exp"))?;
+    if now > exp.saturating_add(leeway) {
+        return Err(VerifyError::Expired { exp, now });
+    }
+    if let Some(nbf) = numeric_date(&claims, "nbf")?
+        && nbf > now.saturating_add(leeway)
+    {
+        return Err(VerifyError::NotYetValid { nbf, now });
+    }
+    // `iat` in the future means a skewed or misbehaving issuer; accepting it
+    // would also defeat the age bound below.
+    let iat = numeric_date(&claims, "iat")?.ok_or(VerifyError::MissingClaim("iat"))?;
+    if iat > now.saturating_add(leeway) {
+        return Err(VerifyError::IssuedInFuture { iat, now });
+    }
+    let age_secs = now.saturating_sub(iat);
+    if age_secs > cfg.max_age_secs {
+        return Err(VerifyError::TooOld { age_secs, max_secs: cfg.max_age_secs });
+    }
+
+    // Replay protection records `jti`; without one a token could be
+    // presented any number of times.
+    let jti = required_string(&claims, "jti")?;
+    let sub = required_string(&claims, "sub")?;
+
+    Ok(VerifiedClaims {
+        issuer_name: issuer.name.clone(),
+        issuer_kind: issuer.kind,
+        issuer_url: iss,
+        jti,
+        sub,
+        iat,
+        exp,
+        claims,
+    })
+}
+
+fn required_string(claims: &Map<String, Value>, name: &'static str) -> Result<String, VerifyError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Err(VerifyError::MissingClaim(name)),
+        Some(Value::String(s)) if s.is_empty() => {
+            Err(VerifyError::InvalidClaim { claim: name, reason: "it is empty" })
+        }
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(VerifyError::InvalidClaim { claim: name, reason: "it is not a string" }),
+    }
+}
+
+/// `aud` is a string or an array of strings (RFC 7519 §4.1.3); it must
+/// contain `expected`. Stops a token minted for another relying party (say,
+/// a cloud provider's STS) being spent here.
+fn check_audience(aud: Option<&Value>, expected: &str) -> Result<(), VerifyError> {
+    let contains = match aud {
+        Some(Value::String(one)) => one == expected,
+        Some(Value::Array(many)) => many.iter().any(|v| v.as_str() == Some(expected)),
+        _ => false,
+    };
+    if contains {
+        return Ok(());
+    }
+    Err(VerifyError::Audience {
+        expected: expected.to_owned(),
+        got: aud.map_or_else(|| "null".to_owned(), Value::to_string),
+    })
+}
+
+/// A NumericDate claim: absent is `None`; anything but a JSON integer is
+/// refused (GitHub and GitLab send integers; fractions are allowed by RFC
+/// 7519 but would only add rounding questions).
+fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, VerifyError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(VerifyError::InvalidClaim {
+            claim: name,
+            reason: "it is not an integer number of seconds",
+        }),
+        Some(_) => Err(VerifyError::InvalidClaim {
+            claim: name,
+            reason: "it is not an integer number of seconds",
+        }),
+    }
+}

@@ -1,0 +1,234 @@
+//! Application state, the router with its layers, and start-up.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::{get, post};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::error::{REQUEST_ID_HEADER, finish_errors};
+use crate::oidc::{FetchLimits, IssuerEntry, Issuers, KeySource};
+use crate::policies::{Catalogue, PolicySet};
+use crate::signing::Keyring;
+use crate::storage::Storage;
+use crate::{routes, storage};
+
+/// How long a request may take end to end before the server gives up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often expired replay records are purged.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The server's notion of now, in Unix seconds. Tests pin it to exercise
+/// expiry without sleeping; the exchange path reads it once per request.
+#[derive(Clone, Default)]
+pub struct Clock {
+    pinned: Option<Arc<AtomicI64>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock { pinned: None }
+    }
+
+    /// A clock that stays at `now` until [`Clock::set`].
+    pub fn pinned(now: i64) -> Clock {
+        Clock { pinned: Some(Arc::new(AtomicI64::new(now))) }
+    }
+
+    /// Moves a pinned clock; no effect on the system clock.
+    pub fn set(&self, now: i64) {
+        if let Some(p) = &self.pinned {
+            p.store(now, Ordering::SeqCst);
+        }
+    }
+
+    /// Seconds since the Unix epoch.
+    pub fn now(&self) -> i64 {
+        match &self.pinned {
+            Some(p) => p.load(Ordering::SeqCst),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Trusted issuers and their key caches.
+    pub issuers: Issuers,
+    /// Durable storage.
+    pub store: Arc<dyn Storage>,
+    /// writ's signing keys.
+    pub keyring: Keyring,
+    /// Parsed policies of every org.
+    pub policies: PolicySet,
+    /// Issuers and permissions, for the linter.
+    pub catalogue: Catalogue,
+    /// The time source.
+    pub clock: Clock,
+}
+
+impl AppState {
+    /// Opens storage, loads keys and policies, and prepares the issuers.
+    /// Fails fast, naming what is wrong.
+    pub async fn build(config: Config, clock: Clock) -> anyhow::Result<AppState> {
+        let store: Arc<dyn Storage> = storage::open(&config.storage_url)
+            .await
+            .with_context(|| format!("opening storage {}", redact_url(&config.storage_url)))?;
+        AppState::with_store(config, store, clock).await
+    }
+
+    /// Like [`AppState::build`] with storage already open.
+    pub async fn with_store(config: Config, store: Arc<dyn Storage>, clock: Clock) -> anyhow::Result<AppState> {
+        let mut entries = Vec::new();
+        for issuer in &config.issuers {
+            let keys = match &issuer.jwks_file {
+                None => KeySource::Discovery,
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("issuer {}: cannot read jwks_file {}", issuer.name, path.display()))?;
+                    let set = serde_json::from_str(&text).with_context(|| {
+                        format!("issuer {}: jwks_file {} is not a JSON Web Key Set", issuer.name, path.display())
+                    })?;
+                    KeySource::Pinned(set)
+                }
+            };
+            entries.push(IssuerEntry {
+                spec: writ_core::jwt::IssuerSpec {
+                    name: issuer.name.clone(),
+                    kind: issuer.kind,
+                    url: issuer.url.clone(),
+                    algorithms: issuer.algorithms.clone(),
+                },
+                keys,
+            });
+        }
+        let issuers = Issuers::new(entries, FetchLimits::default())?;
+        let keyring = Keyring::load_or_create(store.as_ref(), clock.now())
+            .await
+            .context("loading or creating the signing key")?;
+        let catalogue = Catalogue {
+            issuers: config.issuers.iter().map(|i| (i.name.clone(), i.kind)).collect(),
+            permissions: config.permissions.keys().cloned().collect(),
+        };
+        let policies = PolicySet::default();
+        policies.load_from_storage(store.as_ref(), &catalogue).await?;
+        if let Some(dir) = &config.policies_dir {
+            crate::policies::sync_dir(dir, &policies, store.as_ref(), &catalogue, clock.now()).await?;
+        }
+        Ok(AppState { config: Arc::new(config), issuers, store, keyring, policies, catalogue, clock })
+    }
+
+    /// Starts the background tasks: policy directory watch, replay-record
+    /// purge, key warm-up.
+    pub fn spawn_background(&self) {
+        if let Some(dir) = self.config.policies_dir.clone() {
+            tokio::spawn(crate::policies::watch_dir(
+                dir,
+                self.policies.clone(),
+                self.store.clone(),
+                self.catalogue.clone(),
+                self.clock.clone(),
+            ));
+        }
+        let store = self.store.clone();
+        let clock = self.clock.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PURGE_INTERVAL).await;
+                if let Err(e) = store.purge_expired(clock.now()).await {
+                    tracing::warn!("purging expired replay records failed: {e}");
+                }
+            }
+        });
+        let issuers = self.issuers.clone();
+        tokio::spawn(async move { issuers.warm().await });
+    }
+}
+
+/// The router with every layer: request ids, tracing, timeouts, body
+/// limits, and the one JSON error shape.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.limits.max_body_bytes;
+    let request_id = http::HeaderName::from_static(REQUEST_ID_HEADER);
+    Router::new()
+        .route("/v1/exchange", post(routes::exchange_json))
+        .route("/oauth/token", post(routes::exchange_form))
+        .route("/.well-known/openid-configuration", get(routes::openid_configuration))
+        .route("/.well-known/jwks.json", get(routes::jwks))
+        .route("/v1/audience", get(routes::audience))
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .fallback(routes::not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(finish_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(TimeoutLayer::with_status_code(http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get(REQUEST_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION, http::header::COOKIE]))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Binds the configured address and serves until Ctrl-C / SIGTERM.
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    state.spawn_background();
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await.context("serving HTTP")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// A storage URL with any password removed, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,444 @@
+//! Durable state: trust policies, replay records, id pins, the audit log,
+//! issued tokens and signing keys, behind one [`Storage`] trait.
+//!
+//! The server holds an `Arc<dyn Storage>`; SQLite ([`sqlite::SqliteStore`])
+//! is the embedded default and PostgreSQL will implement the same trait for
+//! clusters. Every backend must pass the shared suite in `suite.rs`.
+//!
+//! Times are seconds since the Unix epoch (`i64`), passed in by the caller
+//! like everywhere else in writ, so tests control the clock.
+
+pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod suite;
+
+use std::fmt;
+
+use secrecy::SecretSlice;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// How long a consumed subject-token `jti` is remembered past the token's
+/// `exp`, in seconds.
+///
+/// Security invariant: a replay record must outlive every moment at which the
+/// token could still pass verification, i.e. `exp + leeway`, where leeway is
+/// the clock-skew allowance of OIDC verification (at most 60 s, DESIGN.md
+/// "The exchange" step 3). Forgetting a `jti` earlier re-opens a window in
+/// which a stolen, already-exchanged token (a leaked CI log, a malicious
+/// later step in the same job) can be exchanged a second time. This must be
+/// at least the verifier's leeway; keep the two in step.
+pub const JTI_RETENTION_LEEWAY_SECS: i64 = 60;
+
+/// A storage failure, classified by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The subject token's `jti` was already consumed: a replay. Nothing of
+    /// the exchange was written.
+    #[error("subject token was already used")]
+    Replay,
+    /// A name is pinned to a different immutable id than the one presented
+    /// (for example a repository deleted and re-created under the same
+    /// name). Nothing of the exchange was written.
+    #[error("{kind} {name:?} is pinned to id {pinned_id:?}, token presents {presented_id:?}")]
+    PinConflict {
+        /// What the name denotes.
+        kind: PinKind,
+        /// The (lowercased) name.
+        name: String,
+        /// The id recorded on first use.
+        pinned_id: String,
+        /// The id the current token carries.
+        presented_id: String,
+    },
+    /// Optimistic concurrency: the policy changed since the caller read it.
+    #[error("policy version conflict: current version is {current}")]
+    VersionConflict {
+        /// The latest version now stored (0 when there is none).
+        current: i64,
+    },
+    /// The store cannot be reached or cannot write right now (connection,
+    /// I/O, lock timeout, disk full). Transient: the server answers 503 with
+    /// `Retry-After`.
+    #[error("storage unavailable: {0}")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: a bug or corrupt data.
+    #[error("storage error: {0}")]
+    Other(#[source] BoxError),
+}
+
+/// The boxed source of [`StorageError::Unavailable`] and [`StorageError::Other`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl StorageError {
+    /// Wraps any error as [`StorageError::Other`].
+    pub fn other(e: impl Into<BoxError>) -> Self {
+        StorageError::Other(e.into())
+    }
+}
+
+/// The one storage interface of the server.
+#[async_trait::async_trait]
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Checks that the store answers, for `/readyz`.
+    async fn ping(&self) -> Result<(), StorageError>;
+
+    /// The latest version of one org's policy.
+    async fn get_policy(&self, org: &str) -> Result<Option<StoredPolicy>, StorageError>;
+
+    /// The latest version of every org's policy, for loading at start-up.
+    async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StorageError>;
+
+    /// Stores a new version (1, 2, 3, … per org); older versions are kept.
+    /// With `expected_version = Some(v)`, fails with
+    /// [`StorageError::VersionConflict`] unless the latest version is `v`
+    /// (`0`: the org has no policy yet).
+    async fn put_policy(&self, new: NewPolicy, now: i64) -> Result<StoredPolicy, StorageError>;
+
+    /// Every version of one org's policy, oldest first.
+    async fn policy_history(&self, org: &str) -> Result<Vec<StoredPolicy>, StorageError>;
+
+    /// The recorded pins among `keys` for one issuer. Names are compared
+    /// lowercased (they are lowercased here too, so callers cannot get it
+    /// wrong). Keys without a pin are simply absent from the result.
+    async fn get_pins(
+        &self,
+        issuer: &str,
+        keys: &[(PinKind, String)],
+    ) -> Result<Vec<Pin>, StorageError>;
+
+    /// Records a granted exchange in ONE transaction: consumes the subject
+    /// token's `jti`, adds new pins, writes the audit record and the
+    /// issued-token row. Either all of it commits or none of it does:
+    /// a consumed `jti` → [`StorageError::Replay`]; a pin that exists with
+    /// another id → [`StorageError::PinConflict`]. The server returns the
+    /// token only after this returns `Ok`: no audit record, no token.
+    async fn record_exchange(&self, rec: ExchangeRecord) -> Result<(), StorageError>;
+
+    /// The issued-token row of a writ token, for introspection and
+    /// revocation.
+    async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError>;
+
+    /// Records a denied decision: the audit record only. The `jti` is not
+    /// consumed, so a caller who fixes their request can retry with the same
+    /// token.
+    async fn record_denial(&self, audit: AuditRecord) -> Result<(), StorageError>;
+
+    /// Forgets consumed `jti`s whose `expires_at` is before `now`; returns
+    /// how many. Safe at any time: `expires_at` already includes
+    /// [`JTI_RETENTION_LEEWAY_SECS`].
+    async fn purge_expired(&self, now: i64) -> Result<u64, StorageError>;
+
+    /// All stored signing keys, oldest activation first.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StorageError>;
+
+    /// Stores a new signing key. Keys are immutable once stored.
+    async fn insert_signing_key(&self, key: StoredSigningKey) -> Result<(), StorageError>;
+
+    /// The `limit` most recent audit records of one org, newest first.
+    async fn audit_recent(&self, org: &str, limit: u32) -> Result<Vec<AuditRecord>, StorageError>;
+}
+
+/// The syntax a policy was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyFormat {
+    /// TOML, the native form.
+    Toml,
+    /// JSON, accepted through the API.
+    Json,
+}
+
+/// Who owns a policy: a file in the policy directory (the file wins on
+/// reload) or the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedBy {
+    /// Loaded from `[policies] dir`.
+    File,
+    /// Written through the admin API.
+    Api,
+}
+
+/// A policy version to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPolicy {
+    /// The org the policy governs.
+    pub org: String,
+    /// The policy text, exactly as submitted.
+    pub source: String,
+    /// Its syntax.
+    pub format: PolicyFormat,
+    /// Its owner.
+    pub managed_by: ManagedBy,
+    /// Who submitted it (an admin subject or a file path), for history.
+    pub author: Option<String>,
+    /// Optimistic concurrency: the version the writer based its change on
+    /// (`Some(0)`: "there is none yet"); `None` writes unconditionally.
+    pub expected_version: Option<i64>,
+}
+
+/// One stored policy version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    /// The org the policy governs.
+    pub org: String,
+    /// 1, 2, 3, … per org.
+    pub version: i64,
+    /// The policy text.
+    pub source: String,
+    /// Its syntax.
+    pub format: PolicyFormat,
+    /// Its owner.
+    pub managed_by: ManagedBy,
+    /// Who submitted it.
+    pub author: Option<String>,
+    /// When this version was stored.
+    pub created_at: i64,
+}
+
+/// What a pinned name denotes. GitLab's namespace and project map to owner
+/// and repository, as in the token's `ci` claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinKind {
+    /// An owner / namespace, pinned to its numeric id.
+    Owner,
+    /// A repository / project (`owner/name`), pinned to its numeric id.
+    Repository,
+}
+
+impl PinKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PinKind::Owner => "owner",
+            PinKind::Repository => "repository",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "owner" => Some(PinKind::Owner),
+            "repository" => Some(PinKind::Repository),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for PinKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name bound to the immutable id it had when first used, so a deleted and
+/// re-created repository or owner with the same name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The issuer URL (`iss`): ids are only unique per issuer.
+    pub issuer: String,
+    /// What the name denotes.
+    pub kind: PinKind,
+    /// The name, lowercased (GitHub and GitLab names are case-insensitive).
+    pub name: String,
+    /// The immutable id.
+    pub id: String,
+    /// When the pin was recorded.
+    pub created_at: i64,
+}
+
+/// A consumed subject token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsedJti {
+    /// The issuer URL (`iss`): `jti`s are only unique per issuer.
+    pub issuer: String,
+    /// The subject token's `jti`.
+    pub jti: String,
+    /// When the record may be forgotten: the token's `exp` plus
+    /// [`JTI_RETENTION_LEEWAY_SECS`].
+    pub expires_at: i64,
+}
+
+impl UsedJti {
+    /// The replay record for a token expiring at `token_exp`; the retention
+    /// leeway is added here so no caller can forget it.
+    pub fn new(issuer: impl Into<String>, jti: impl Into<String>, token_exp: i64) -> Self {
+        UsedJti {
+            issuer: issuer.into(),
+            jti: jti.into(),
+            expires_at: token_exp.saturating_add(JTI_RETENTION_LEEWAY_SECS),
+        }
+    }
+}
+
+/// A writ token that was issued, kept for revocation by token, repository or
+/// run until it expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedToken {
+    /// The writ token's `jti`.
+    pub jti: String,
+    /// The org it is valid for.
+    pub org: String,
+    /// Its `sub` (`<issuer-name>:<oidc sub>`).
+    pub subject: String,
+    /// The CI repository that obtained it, when known.
+    pub repository: Option<String>,
+    /// The CI run that obtained it, when known.
+    pub run_id: Option<String>,
+    /// The policy rule that granted it.
+    pub rule: String,
+    /// Issued-at.
+    pub issued_at: i64,
+    /// Expiry.
+    pub expires_at: i64,
+}
+
+/// Everything a granted exchange writes, atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeRecord {
+    /// The consumed subject token.
+    pub used_jti: UsedJti,
+    /// Pins recorded on first use by this exchange (may be empty).
+    pub new_pins: Vec<Pin>,
+    /// The audit record (outcome [`Outcome::Granted`]).
+    pub audit: AuditRecord,
+    /// The token being issued.
+    pub issued: IssuedToken,
+}
+
+/// Whether a decision granted a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A token was issued.
+    Granted,
+    /// The request was refused.
+    Denied,
+}
+
+impl Outcome {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Granted => "granted",
+            Outcome::Denied => "denied",
+        }
+    }
+}
+
+/// One audited decision. Fields that a denial before verification cannot
+/// know (issuer, repository, …) are `None`; no field ever holds a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// UUIDv7: unique and ordered by time.
+    pub id: Uuid,
+    /// When the decision was made.
+    pub time: i64,
+    /// The request id, as in logs and error bodies.
+    pub request_id: String,
+    /// The org the caller asked for (possibly one that does not exist).
+    pub org: String,
+    /// Granted or denied.
+    pub outcome: Outcome,
+    /// The RFC 6749 error code of a denial (`invalid_grant`, …).
+    pub error: Option<String>,
+    /// The rule that granted the token.
+    pub rule: Option<String>,
+    /// The subject token's issuer URL, once verified.
+    pub issuer: Option<String>,
+    /// The subject token's `sub`.
+    pub subject: Option<String>,
+    /// The subject token's `jti`.
+    pub subject_jti: Option<String>,
+    /// CI provenance: repository (`owner/name`).
+    pub repository: Option<String>,
+    /// CI provenance: repository id.
+    pub repository_id: Option<String>,
+    /// CI provenance: git ref.
+    #[serde(rename = "ref")]
+    pub ref_: Option<String>,
+    /// CI provenance: environment.
+    pub environment: Option<String>,
+    /// CI provenance: workflow ref.
+    pub workflow_ref: Option<String>,
+    /// CI provenance: run id.
+    pub run_id: Option<String>,
+    /// CI provenance: actor.
+    pub actor: Option<String>,
+    /// Permissions the caller asked for (empty: none named).
+    pub requested_permissions: Vec<String>,
+    /// Apps the caller asked for.
+    pub requested_apps: Vec<String>,
+    /// Machines the caller asked for.
+    pub requested_machines: Vec<String>,
+    /// Permissions granted (empty on denial).
+    pub granted_permissions: Vec<String>,
+    /// Apps granted; `None`: not limited by app (or denied).
+    pub granted_apps: Option<Vec<String>>,
+    /// Machines granted; `None`: not limited by machine (or denied).
+    pub granted_machines: Option<Vec<String>>,
+    /// The issued token's `jti`.
+    pub token_jti: Option<String>,
+    /// The issued token's expiry.
+    pub token_expires_at: Option<i64>,
+    /// The decision's explanation (per rule, per failed condition).
+    pub explanation: Option<serde_json::Value>,
+    /// The client's address as the server saw it.
+    pub client_addr: Option<String>,
+}
+
+impl AuditRecord {
+    /// A record with a fresh UUIDv7 id and every optional field empty; the
+    /// caller fills in what it knows.
+    pub fn new(time: i64, request_id: impl Into<String>, org: impl Into<String>, outcome: Outcome) -> Self {
+        AuditRecord {
+            id: Uuid::now_v7(),
+            time,
+            request_id: request_id.into(),
+            org: org.into(),
+            outcome,
+            error: None,
+            rule: None,
+            issuer: None,
+            subject: None,
+            subject_jti: None,
+            repository: None,
+            repository_id: None,
+            ref_: None,
+            environment: None,
+            workflow_ref: None,
+            run_id: None,
+            actor: None,
+            requested_permissions: Vec::new(),
+            requested_apps: Vec::new(),
+            requested_machines: Vec::new(),
+            granted_permissions: Vec::new(),
+            granted_apps: None,
+            granted_machines: None,
+            token_jti: None,
+            token_expires_at: None,
+            explanation: None,
+            client_addr: None,
+        }
+    }
+}
+
+/// A signing key as stored. The private half is a secret: its `Debug`
+/// redacts and it is wiped from memory on drop.
+#[derive(Debug, Clone)]
+pub struct StoredSigningKey {
+    /// RFC 7638 JWK thumbprint of the public key.
+    pub kid: String,
+    /// JOSE algorithm (`EdDSA`).
+    pub algorithm: String,
+    /// The private key, PKCS#8 DER.
+    pub private_pkcs8: SecretSlice<u8>,
+    /// The raw public key.
+    pub public_key: Vec<u8>,
+    /// When the key was created, and from when it is published in the JWKS.
+    pub created_at: i64,
+    /// From when the key signs tokens (after its pre-publication window).
+    pub activates_at: i64,
+}

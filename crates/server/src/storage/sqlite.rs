@@ -1,0 +1,776 @@
+//! The embedded SQLite backend of [`Storage`]: one file, WAL journal,
+//! `synchronous = FULL`.
+//!
+//! Connections are split in two pools: one writer connection, through which
+//! every write transaction queues in order (SQLite allows one writer at a
+//! time anyway, and queueing in the pool is fair and cheap where SQLite's
+//! busy handler would sleep and retry), and a few reader connections, which
+//! WAL lets run alongside the writer.
+//!
+//! Durability: `synchronous = FULL` syncs the WAL on every commit, so a
+//! committed audit record survives a power loss, which `NORMAL` in WAL mode
+//! does not promise. That costs one fsync per exchange; group commit (many
+//! exchanges per transaction) can win the throughput back later without
+//! weakening this.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretSlice};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{
+    AuditRecord, ExchangeRecord, IssuedToken, ManagedBy, NewPolicy, Outcome, Pin, PinKind,
+    PolicyFormat, Storage, StorageError, StoredPolicy, StoredSigningKey,
+};
+
+/// Tuning of the SQLite backend; [`Default`] is what `writ serve` uses.
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// How long a statement waits for a lock held by another process (for
+    /// example `writ` CLI commands on the same file) before failing as
+    /// unavailable.
+    pub busy_timeout: Duration,
+    /// How long a request waits for a pooled connection before failing as
+    /// unavailable (503), instead of queueing without bound.
+    pub acquire_timeout: Duration,
+    /// Reader connections, beside the single writer.
+    pub read_connections: u32,
+}
+
+/// Default [`SqliteConfig::busy_timeout`].
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`SqliteConfig::acquire_timeout`].
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`SqliteConfig::read_connections`].
+pub const DEFAULT_READ_CONNECTIONS: u32 = 4;
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        SqliteConfig {
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            read_connections: DEFAULT_READ_CONNECTIONS,
+        }
+    }
+}
+
+/// SQLite-backed [`Storage`]. Cloning shares the pools.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// The schema migrations, embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `location` and brings its
+    /// schema up to date. `location` is a `sqlite://path` / `sqlite:path` URL
+    /// or a plain path; `sqlite::memory:` opens a private in-memory database
+    /// (see [`SqliteStore::open_in_memory`]).
+    pub async fn open(location: &str, config: &SqliteConfig) -> Result<Self, StorageError> {
+        if is_in_memory(location) {
+            return Self::open_in_memory().await;
+        }
+        let options = if location.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(location).map_err(StorageError::other)?
+        } else {
+            SqliteConnectOptions::new().filename(location)
+        };
+        create_private_file(options.get_filename())?;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(config.busy_timeout)
+            .foreign_keys(true);
+
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        MIGRATOR.run(&writer).await.map_err(StorageError::other)?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(config.read_connections.max(1))
+            .acquire_timeout(config.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        Ok(SqliteStore { writer, reader })
+    }
+
+    /// A fresh, private in-memory database, for unit tests and `--dev`.
+    ///
+    /// An in-memory SQLite database lives as long as its connection, so
+    /// this uses one connection that is never closed by idling, shared by
+    /// readers and the writer. Nothing survives a restart.
+    pub async fn open_in_memory() -> Result<Self, StorageError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .map_err(StorageError::other)?
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        MIGRATOR.run(&pool).await.map_err(StorageError::other)?;
+        Ok(SqliteStore { writer: pool.clone(), reader: pool })
+    }
+
+    /// Closes both pools, waiting for in-flight statements.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn is_in_memory(location: &str) -> bool {
+    matches!(location, ":memory:" | "sqlite::memory:" | "sqlite://:memory:")
+        || location.contains("mode=memory")
+}
+
+/// Creates the database file readable and writable by its owner only: it
+/// holds writ's private signing keys and the audit log. SQLite gives the
+/// `-wal` and `-shm` files the same permissions. An existing file is left
+/// as it is (the operator may have chosen otherwise on purpose).
+fn create_private_file(path: &Path) -> Result<(), StorageError> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    match open.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StorageError::Unavailable(
+            format!("creating database file {}: {e}", path.display()).into(),
+        )),
+    }
+}
+
+/// SQLite primary result codes that mean "not now" rather than "never".
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+const SQLITE_NOMEM: i64 = 7;
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+const SQLITE_CANTOPEN: i64 = 14;
+
+/// Classifies a driver error: transient conditions become
+/// [`StorageError::Unavailable`] (the server answers 503 + `Retry-After`).
+fn map_err(e: sqlx::Error) -> StorageError {
+    let transient = match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .is_some_and(|code| {
+                matches!(
+                    code & 0xff,
+                    SQLITE_BUSY
+                        | SQLITE_LOCKED
+                        | SQLITE_NOMEM
+                        | SQLITE_READONLY
+                        | SQLITE_IOERR
+                        | SQLITE_FULL
+                        | SQLITE_CANTOPEN
+                )
+            }),
+        _ => false,
+    };
+    if transient { StorageError::Unavailable(Box::new(e)) } else { StorageError::Other(Box::new(e)) }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StorageError> {
+    serde_json::to_string(value).map_err(StorageError::other)
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StorageError> {
+    serde_json::from_str(text).map_err(StorageError::other)
+}
+
+fn format_str(f: PolicyFormat) -> &'static str {
+    match f {
+        PolicyFormat::Toml => "toml",
+        PolicyFormat::Json => "json",
+    }
+}
+
+fn managed_by_str(m: ManagedBy) -> &'static str {
+    match m {
+        ManagedBy::File => "file",
+        ManagedBy::Api => "api",
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StorageError {
+    StorageError::other(format!("unexpected {what} {value:?} in database"))
+}
+
+/// The columns of `policies`, in [`policy_from_row`] and insert order. A
+/// macro so queries stay `&'static str` (sqlx refuses runtime-built SQL
+/// unless asserted safe).
+macro_rules! policy_columns {
+    () => {
+        "org, version, source, format, managed_by, author, created_at"
+    };
+}
+
+fn policy_from_row(row: &SqliteRow) -> Result<StoredPolicy, StorageError> {
+    let format: String = row.try_get("format").map_err(map_err)?;
+    let managed_by: String = row.try_get("managed_by").map_err(map_err)?;
+    Ok(StoredPolicy {
+        org: row.try_get("org").map_err(map_err)?,
+        version: row.try_get("version").map_err(map_err)?,
+        source: row.try_get("source").map_err(map_err)?,
+        format: match format.as_str() {
+            "toml" => PolicyFormat::Toml,
+            "json" => PolicyFormat::Json,
+            other => return Err(corrupt("policy format", other)),
+        },
+        managed_by: match managed_by.as_str() {
+            "file" => ManagedBy::File,
+            "api" => ManagedBy::Api,
+            other => return Err(corrupt("policy owner", other)),
+        },
+        author: row.try_get("author").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+    })
+}
+
+fn pin_from_row(row: &SqliteRow) -> Result<Pin, StorageError> {
+    let kind: String = row.try_get("kind").map_err(map_err)?;
+    Ok(Pin {
+        issuer: row.try_get("issuer").map_err(map_err)?,
+        kind: PinKind::parse(&kind).ok_or_else(|| corrupt("pin kind", &kind))?,
+        name: row.try_get("name").map_err(map_err)?,
+        id: row.try_get("id").map_err(map_err)?,
+        created_at: row.try_get("created_at").map_err(map_err)?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StorageError> {
+    let get_str = |col: &str| -> Result<Option<String>, StorageError> {
+        row.try_get::<Option<String>, _>(col).map_err(map_err)
+    };
+    let list = |col: &str| -> Result<Vec<String>, StorageError> {
+        from_json(&row.try_get::<String, _>(col).map_err(map_err)?)
+    };
+    let opt_list = |col: &str| -> Result<Option<Vec<String>>, StorageError> {
+        get_str(col)?.map(|t| from_json(&t)).transpose()
+    };
+    let id: String = row.try_get("id").map_err(map_err)?;
+    let outcome: String = row.try_get("outcome").map_err(map_err)?;
+    Ok(AuditRecord {
+        id: Uuid::parse_str(&id).map_err(StorageError::other)?,
+        time: row.try_get("time").map_err(map_err)?,
+        request_id: row.try_get("request_id").map_err(map_err)?,
+        org: row.try_get("org").map_err(map_err)?,
+        outcome: match outcome.as_str() {
+            "granted" => Outcome::Granted,
+            "denied" => Outcome::Denied,
+            other => return Err(corrupt("audit outcome", other)),
+        },
+        error: get_str("error")?,
+        rule: get_str("rule")?,
+        issuer: get_str("issuer")?,
+        subject: get_str("subject")?,
+        subject_jti: get_str("subject_jti")?,
+        repository: get_str("repository")?,
+        repository_id: get_str("repository_id")?,
+        ref_: get_str("ref")?,
+        environment: get_str("environment")?,
+        workflow_ref: get_str("workflow_ref")?,
+        run_id: get_str("run_id")?,
+        actor: get_str("actor")?,
+        requested_permissions: list("requested_permissions")?,
+        requested_apps: list("requested_apps")?,
+        requested_machines: list("requested_machines")?,
+        granted_permissions: list("granted_permissions")?,
+        granted_apps: opt_list("granted_apps")?,
+        granted_machines: opt_list("granted_machines")?,
+        token_jti: get_str("token_jti")?,
+        token_expires_at: row.try_get("token_expires_at").map_err(map_err)?,
+        explanation: get_str("explanation")?.map(|t| from_json(&t)).transpose()?,
+        client_addr: get_str("client_addr")?,
+    })
+}
+
+async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO audit (id, time, request_id, org, outcome, error, rule, issuer, subject, \
+         subject_jti, repository, repository_id, ref, environment, workflow_ref, run_id, actor, \
+         requested_permissions, requested_apps, requested_machines, granted_permissions, \
+         granted_apps, granted_machines, token_jti, token_expires_at, explanation, client_addr) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(a.id.hyphenated().to_string())
+    .bind(a.time)
+    .bind(&a.request_id)
+    .bind(&a.org)
+    .bind(a.outcome.as_str())
+    .bind(&a.error)
+    .bind(&a.rule)
+    .bind(&a.issuer)
+    .bind(&a.subject)
+    .bind(&a.subject_jti)
+    .bind(&a.repository)
+    .bind(&a.repository_id)
+    .bind(&a.ref_)
+    .bind(&a.environment)
+    .bind(&a.workflow_ref)
+    .bind(&a.run_id)
+    .bind(&a.actor)
+    .bind(to_json(&a.requested_permissions)?)
+    .bind(to_json(&a.requested_apps)?)
+    .bind(to_json(&a.requested_machines)?)
+    .bind(to_json(&a.granted_permissions)?)
+    .bind(a.granted_apps.as_ref().map(to_json).transpose()?)
+    .bind(a.granted_machines.as_ref().map(to_json).transpose()?)
+    .bind(&a.token_jti)
+    .bind(a.token_expires_at)
+    .bind(a.explanation.as_ref().map(to_json).transpose()?)
+    .bind(&a.client_addr)
+    .execute(conn)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// Inserts `pin` unless its name is already pinned; a pin with another id
+/// is a conflict.
+async fn insert_pin(conn: &mut SqliteConnection, pin: &Pin) -> Result<(), StorageError> {
+    let name = pin.name.to_lowercase();
+    let inserted = sqlx::query(
+        "INSERT INTO pins (issuer, kind, name, id, created_at) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (issuer, kind, name) DO NOTHING",
+    )
+    .bind(&pin.issuer)
+    .bind(pin.kind.as_str())
+    .bind(&name)
+    .bind(&pin.id)
+    .bind(pin.created_at)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(());
+    }
+    let pinned_id: String =
+        sqlx::query_scalar("SELECT id FROM pins WHERE issuer = ? AND kind = ? AND name = ?")
+            .bind(&pin.issuer)
+            .bind(pin.kind.as_str())
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+    if pinned_id == pin.id {
+        Ok(())
+    } else {
+        Err(StorageError::PinConflict {
+            kind: pin.kind,
+            name,
+            pinned_id,
+            presented_id: pin.id.clone(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Storage for SqliteStore {
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn get_policy(&self, org: &str) -> Result<Option<StoredPolicy>, StorageError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            policy_columns!(),
+            " FROM policies WHERE org = ? ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(org)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(policy_from_row).transpose()
+    }
+
+    async fn list_policies(&self) -> Result<Vec<StoredPolicy>, StorageError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            policy_columns!(),
+            " FROM policies AS p",
+            " WHERE version = (SELECT MAX(version) FROM policies WHERE org = p.org)",
+            " ORDER BY org"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    async fn put_policy(&self, new: NewPolicy, now: i64) -> Result<StoredPolicy, StorageError> {
+        // IMMEDIATE takes the write lock before reading the current version,
+        // so no other writer can slip in between the check and the insert.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let current: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM policies WHERE org = ?")
+                .bind(&new.org)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if let Some(expected) = new.expected_version
+            && expected != current
+        {
+            return Err(StorageError::VersionConflict { current });
+        }
+        let stored = StoredPolicy {
+            org: new.org,
+            version: current + 1,
+            source: new.source,
+            format: new.format,
+            managed_by: new.managed_by,
+            author: new.author,
+            created_at: now,
+        };
+        sqlx::query(concat!(
+            "INSERT INTO policies (",
+            policy_columns!(),
+            ") VALUES (?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&stored.org)
+        .bind(stored.version)
+        .bind(&stored.source)
+        .bind(format_str(stored.format))
+        .bind(managed_by_str(stored.managed_by))
+        .bind(&stored.author)
+        .bind(stored.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(stored)
+    }
+
+    async fn policy_history(&self, org: &str) -> Result<Vec<StoredPolicy>, StorageError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            policy_columns!(),
+            " FROM policies WHERE org = ? ORDER BY version"
+        ))
+        .bind(org)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(policy_from_row).collect()
+    }
+
+    async fn get_pins(
+        &self,
+        issuer: &str,
+        keys: &[(PinKind, String)],
+    ) -> Result<Vec<Pin>, StorageError> {
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        let mut pins = Vec::with_capacity(keys.len());
+        for (kind, name) in keys {
+            let row = sqlx::query(
+                "SELECT issuer, kind, name, id, created_at FROM pins \
+                 WHERE issuer = ? AND kind = ? AND name = ?",
+            )
+            .bind(issuer)
+            .bind(kind.as_str())
+            .bind(name.to_lowercase())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if let Some(row) = row {
+                pins.push(pin_from_row(&row)?);
+            }
+        }
+        Ok(pins)
+    }
+
+    async fn record_exchange(&self, rec: ExchangeRecord) -> Result<(), StorageError> {
+        // Any early return drops `tx`, which rolls back: a replay or a pin
+        // conflict leaves no trace but the error.
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        sqlx::query("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?, ?, ?)")
+            .bind(&rec.used_jti.issuer)
+            .bind(&rec.used_jti.jti)
+            .bind(rec.used_jti.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| if is_unique_violation(&e) { StorageError::Replay } else { map_err(e) })?;
+        for pin in &rec.new_pins {
+            insert_pin(&mut tx, pin).await?;
+        }
+        insert_audit(&mut tx, &rec.audit).await?;
+        let t = &rec.issued;
+        sqlx::query(
+            "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, \
+             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.jti)
+        .bind(&t.org)
+        .bind(&t.subject)
+        .bind(&t.repository)
+        .bind(&t.run_id)
+        .bind(&t.rule)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn record_denial(&self, audit: AuditRecord) -> Result<(), StorageError> {
+        let mut conn = self.writer.acquire().await.map_err(map_err)?;
+        insert_audit(&mut conn, &audit).await
+    }
+
+    async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError> {
+        let row = sqlx::query(
+            "SELECT jti, org, subject, repository, run_id, rule, issued_at, expires_at \
+             FROM issued_tokens WHERE jti = ?",
+        )
+        .bind(jti)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(IssuedToken {
+            jti: row.try_get("jti").map_err(map_err)?,
+            org: row.try_get("org").map_err(map_err)?,
+            subject: row.try_get("subject").map_err(map_err)?,
+            repository: row.try_get("repository").map_err(map_err)?,
+            run_id: row.try_get("run_id").map_err(map_err)?,
+            rule: row.try_get("rule").map_err(map_err)?,
+            issued_at: row.try_get("issued_at").map_err(map_err)?,
+            expires_at: row.try_get("expires_at").map_err(map_err)?,
+        }))
+    }
+
+    async fn purge_expired(&self, now: i64) -> Result<u64, StorageError> {
+        // Strictly before `now`: `expires_at` already is exp + leeway.
+        let done = sqlx::query("DELETE FROM used_jtis WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT kid, algorithm, private_pkcs8, public_key, created_at, activates_at \
+             FROM signing_keys ORDER BY activates_at, kid",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let private: Vec<u8> = row.try_get("private_pkcs8").map_err(map_err)?;
+                Ok(StoredSigningKey {
+                    kid: row.try_get("kid").map_err(map_err)?,
+                    algorithm: row.try_get("algorithm").map_err(map_err)?,
+                    private_pkcs8: SecretSlice::from(private),
+                    public_key: row.try_get("public_key").map_err(map_err)?,
+                    created_at: row.try_get("created_at").map_err(map_err)?,
+                    activates_at: row.try_get("activates_at").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_signing_key(&self, key: StoredSigningKey) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO signing_keys (kid, algorithm, private_pkcs8, public_key, created_at, \
+             activates_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.kid)
+        .bind(&key.algorithm)
+        .bind(key.private_pkcs8.expose_secret())
+        .bind(&key.public_key)
+        .bind(key.created_at)
+        .bind(key.activates_at)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn audit_recent(&self, org: &str, limit: u32) -> Result<Vec<AuditRecord>, StorageError> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE org = ? ORDER BY id DESC LIMIT ?")
+            .bind(org)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::storage::suite;
+
+    async fn file_store(dir: &tempfile::TempDir) -> SqliteStore {
+        let path = dir.path().join("writ.db");
+        SqliteStore::open(&format!("sqlite://{}", path.display()), &SqliteConfig::default())
+            .await
+            .expect("open sqlite file")
+    }
+
+    /// Runs one suite case against a fresh SQLite file in a temporary
+    /// directory, the way `writ serve` uses it.
+    macro_rules! suite_tests {
+        ($($case:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store: Arc<dyn Storage> = Arc::new(file_store(&dir).await);
+                suite::$case(store).await;
+            }
+        )*};
+    }
+
+    suite_tests!(
+        ping_answers,
+        policy_versions_history_and_conflict,
+        list_policies_returns_latest_of_each_org,
+        exchange_writes_everything,
+        replayed_jti_is_refused_and_nothing_else_written,
+        pin_conflict_rolls_back_jti_and_audit,
+        pins_are_case_insensitive_and_per_issuer,
+        denial_does_not_consume_jti,
+        purge_keeps_unexpired_jtis,
+        signing_keys_round_trip,
+        audit_round_trips_every_field_newest_first,
+        concurrent_exchanges_of_one_jti_exactly_one_succeeds,
+    );
+
+    #[tokio::test]
+    async fn in_memory_store_passes_a_round_trip() {
+        let store: Arc<dyn Storage> =
+            Arc::new(SqliteStore::open("sqlite::memory:", &SqliteConfig::default()).await.expect("open"));
+        suite::exchange_writes_everything(store.clone()).await;
+        suite::replayed_jti_is_refused_and_nothing_else_written(
+            Arc::new(SqliteStore::open_in_memory().await.expect("open")),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn two_in_memory_stores_are_separate() {
+        let a = SqliteStore::open_in_memory().await.expect("open");
+        let b = SqliteStore::open_in_memory().await.expect("open");
+        a.put_policy(suite::new_policy("acme", "v1", None), 1).await.expect("put");
+        assert!(b.get_policy("acme").await.expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn data_survives_reopening_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        store.put_policy(suite::new_policy("acme", "v1", None), 10).await.expect("put");
+        store.record_exchange(suite::exchange("jti-1", "tok-1", 1000)).await.expect("exchange");
+        store.close().await;
+        drop(store);
+
+        let reopened = file_store(&dir).await;
+        let policy = reopened.get_policy("acme").await.expect("get").expect("still there");
+        assert_eq!((policy.version, policy.source.as_str()), (1, "v1"));
+        assert_eq!(reopened.audit_recent("acme", 10).await.expect("audit").len(), 1);
+        assert!(matches!(
+            reopened.record_exchange(suite::exchange("jti-1", "tok-2", 1000)).await,
+            Err(StorageError::Replay)
+        ));
+    }
+
+    #[tokio::test]
+    async fn file_is_private_wal_and_fully_synchronous() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("writ.db")).expect("stat").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let journal: String =
+            sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.writer).await.expect("pragma");
+        assert_eq!(journal, "wal");
+        // 2 = FULL, on the writer and on readers alike.
+        for pool in [&store.writer, &store.reader] {
+            let sync: i64 =
+                sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.expect("pragma");
+            assert_eq!(sync, 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn plain_path_is_accepted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("plain.db");
+        let store = SqliteStore::open(path.to_str().expect("utf-8 path"), &SqliteConfig::default())
+            .await
+            .expect("open");
+        store.ping().await.expect("ping");
+        assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn closed_store_is_unavailable_not_other() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        store.close().await;
+        assert!(matches!(store.ping().await, Err(StorageError::Unavailable(_))));
+        assert!(matches!(
+            store.record_exchange(suite::exchange("j", "t", 1)).await,
+            Err(StorageError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn missing_directory_is_unavailable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("no-such-dir").join("writ.db");
+        let err = SqliteStore::open(path.to_str().expect("utf-8"), &SqliteConfig::default())
+            .await
+            .expect_err("cannot create a file in a missing directory");
+        assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    }
+}

@@ -1,0 +1,354 @@
+//! The backend-independent test suite of [`Storage`]. Every backend runs
+//! each case against a fresh, empty store of its own (see the `suite_tests!`
+//! macro in `sqlite.rs`); a new backend is done when it passes all of them.
+
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretSlice};
+use serde_json::json;
+use uuid::{NoContext, Timestamp, Uuid};
+
+use super::{
+    AuditRecord, ExchangeRecord, IssuedToken, JTI_RETENTION_LEEWAY_SECS, ManagedBy, NewPolicy,
+    Outcome, Pin, PinKind, PolicyFormat, Storage, StorageError, StoredSigningKey, UsedJti,
+};
+
+/// The subject tokens' issuer in every case.
+pub(crate) const ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+/// A TOML, API-managed policy version.
+pub(crate) fn new_policy(org: &str, source: &str, expected_version: Option<i64>) -> NewPolicy {
+    NewPolicy {
+        org: org.into(),
+        source: source.into(),
+        format: PolicyFormat::Toml,
+        managed_by: ManagedBy::Api,
+        author: Some("github:repo:acme/infra".into()),
+        expected_version,
+    }
+}
+
+/// An audit record whose id sorts by `time`.
+fn audit(org: &str, time: i64, outcome: Outcome) -> AuditRecord {
+    let mut a = AuditRecord::new(time, format!("req-{time}"), org, outcome);
+    let secs = u64::try_from(time).expect("test times are positive");
+    a.id = Uuid::new_v7(Timestamp::from_unix(NoContext, secs, 0));
+    a
+}
+
+fn pin(kind: PinKind, name: &str, id: &str) -> Pin {
+    Pin { issuer: ISSUER.into(), kind, name: name.into(), id: id.into(), created_at: 5 }
+}
+
+/// A granted exchange of subject token `subject_jti` (expiring at
+/// `exp`) into writ token `token_jti`, pinning `acme` and `acme/web`.
+pub(crate) fn exchange(subject_jti: &str, token_jti: &str, exp: i64) -> ExchangeRecord {
+    exchange_with_pins(
+        subject_jti,
+        token_jti,
+        exp,
+        vec![pin(PinKind::Owner, "acme", "1"), pin(PinKind::Repository, "acme/web", "10")],
+    )
+}
+
+fn exchange_with_pins(subject_jti: &str, token_jti: &str, exp: i64, pins: Vec<Pin>) -> ExchangeRecord {
+    let mut a = audit("acme", exp - 300, Outcome::Granted);
+    a.rule = Some("deploy-web".into());
+    a.issuer = Some(ISSUER.into());
+    a.subject_jti = Some(subject_jti.into());
+    a.repository = Some("acme/web".into());
+    a.granted_permissions = vec!["deploy".into()];
+    a.token_jti = Some(token_jti.into());
+    a.token_expires_at = Some(exp);
+    ExchangeRecord {
+        used_jti: UsedJti::new(ISSUER, subject_jti, exp),
+        new_pins: pins,
+        issued: IssuedToken {
+            jti: token_jti.into(),
+            org: "acme".into(),
+            subject: "github:repo:acme/web:ref:refs/heads/main".into(),
+            repository: Some("acme/web".into()),
+            run_id: Some("42".into()),
+            rule: "deploy-web".into(),
+            issued_at: exp - 300,
+            expires_at: exp,
+        },
+        audit: a,
+    }
+}
+
+fn signing_key(kid: &str, activates_at: i64) -> StoredSigningKey {
+    StoredSigningKey {
+        kid: kid.into(),
+        algorithm: "EdDSA".into(),
+        private_pkcs8: SecretSlice::from(kid.as_bytes().repeat(3)),
+        public_key: format!("public-{kid}").into_bytes(),
+        created_at: activates_at - 10,
+        activates_at,
+    }
+}
+
+/// Every field of a stored key, the secret exposed, for comparison.
+fn flat(k: &StoredSigningKey) -> (String, String, Vec<u8>, Vec<u8>, i64, i64) {
+    (
+        k.kid.clone(),
+        k.algorithm.clone(),
+        k.private_pkcs8.expose_secret().to_vec(),
+        k.public_key.clone(),
+        k.created_at,
+        k.activates_at,
+    )
+}
+
+fn pin_keys() -> Vec<(PinKind, String)> {
+    vec![(PinKind::Owner, "acme".into()), (PinKind::Repository, "acme/web".into())]
+}
+
+pub(crate) async fn ping_answers(store: Arc<dyn Storage>) {
+    store.ping().await.expect("a fresh store answers");
+}
+
+pub(crate) async fn policy_versions_history_and_conflict(store: Arc<dyn Storage>) {
+    assert_eq!(store.get_policy("acme").await.expect("get"), None);
+
+    let v1 = store.put_policy(new_policy("acme", "one", Some(0)), 100).await.expect("v1");
+    assert_eq!((v1.version, v1.created_at), (1, 100));
+    let v2 = store.put_policy(new_policy("acme", "two", Some(1)), 200).await.expect("v2");
+    assert_eq!(v2.version, 2);
+
+    // A writer that read v1 loses against the one that wrote v2.
+    let stale = store.put_policy(new_policy("acme", "stale", Some(1)), 300).await;
+    assert!(matches!(stale, Err(StorageError::VersionConflict { current: 2 })), "{stale:?}");
+    // "Create" (expected 0) of an existing policy conflicts too.
+    let create = store.put_policy(new_policy("acme", "again", Some(0)), 300).await;
+    assert!(matches!(create, Err(StorageError::VersionConflict { current: 2 })), "{create:?}");
+
+    // Unconditional writes (file-managed reloads) just append.
+    let mut file = new_policy("acme", "three", None);
+    file.managed_by = ManagedBy::File;
+    file.format = PolicyFormat::Json;
+    file.author = None;
+    let v3 = store.put_policy(file, 400).await.expect("v3");
+    assert_eq!(v3.version, 3);
+
+    assert_eq!(store.get_policy("acme").await.expect("get"), Some(v3.clone()));
+    let history = store.policy_history("acme").await.expect("history");
+    assert_eq!(history, vec![v1, v2, v3], "history is kept, oldest first; conflicts wrote nothing");
+    assert!(store.policy_history("other").await.expect("history").is_empty());
+}
+
+pub(crate) async fn list_policies_returns_latest_of_each_org(store: Arc<dyn Storage>) {
+    store.put_policy(new_policy("beta", "b1", None), 1).await.expect("put");
+    store.put_policy(new_policy("acme", "a1", None), 2).await.expect("put");
+    store.put_policy(new_policy("acme", "a2", None), 3).await.expect("put");
+    let latest: Vec<(String, i64, String)> = store
+        .list_policies()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| (p.org, p.version, p.source))
+        .collect();
+    assert_eq!(
+        latest,
+        vec![("acme".into(), 2, "a2".into()), ("beta".into(), 1, "b1".into())]
+    );
+}
+
+pub(crate) async fn exchange_writes_everything(store: Arc<dyn Storage>) {
+    let rec = exchange("subject-1", "token-1", 1_000);
+    store.record_exchange(rec.clone()).await.expect("exchange");
+
+    assert_eq!(store.audit_recent("acme", 10).await.expect("audit"), vec![rec.audit.clone()]);
+    assert_eq!(store.get_issued_token("token-1").await.expect("issued"), Some(rec.issued.clone()));
+    let pins = store.get_pins(ISSUER, &pin_keys()).await.expect("pins");
+    assert_eq!(pins, rec.new_pins);
+}
+
+pub(crate) async fn replayed_jti_is_refused_and_nothing_else_written(store: Arc<dyn Storage>) {
+    store.record_exchange(exchange("subject-1", "token-1", 1_000)).await.expect("first use");
+
+    let mut replay = exchange("subject-1", "token-2", 1_000);
+    replay.new_pins.push(pin(PinKind::Owner, "evil", "666"));
+    replay.audit.time += 1;
+    let result = store.record_exchange(replay).await;
+    assert!(matches!(result, Err(StorageError::Replay)), "{result:?}");
+
+    assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), 1, "no audit");
+    assert_eq!(store.get_issued_token("token-2").await.expect("issued"), None, "no token");
+    let evil = store.get_pins(ISSUER, &[(PinKind::Owner, "evil".into())]).await.expect("pins");
+    assert!(evil.is_empty(), "no pins");
+
+    // jtis are unique per issuer only: the same jti from another issuer is
+    // another token.
+    let mut other = exchange("subject-1", "token-3", 1_000);
+    other.used_jti.issuer = "https://gitlab.com".into();
+    other.new_pins.clear();
+    store.record_exchange(other).await.expect("same jti, other issuer");
+}
+
+pub(crate) async fn pin_conflict_rolls_back_jti_and_audit(store: Arc<dyn Storage>) {
+    store.record_exchange(exchange("subject-1", "token-1", 1_000)).await.expect("pins acme/web=10");
+
+    // acme/web deleted and re-created by someone else: new id, same name.
+    let recreated = exchange_with_pins(
+        "subject-2",
+        "token-2",
+        2_000,
+        vec![pin(PinKind::Owner, "acme", "1"), pin(PinKind::Repository, "acme/web", "11")],
+    );
+    match store.record_exchange(recreated).await {
+        Err(StorageError::PinConflict { kind, name, pinned_id, presented_id }) => {
+            assert_eq!(
+                (kind, name.as_str(), pinned_id.as_str(), presented_id.as_str()),
+                (PinKind::Repository, "acme/web", "10", "11")
+            );
+        }
+        other => panic!("expected a pin conflict, got {other:?}"),
+    }
+    assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), 1, "audit rolled back");
+    assert_eq!(store.get_issued_token("token-2").await.expect("issued"), None);
+    let pins = store.get_pins(ISSUER, &pin_keys()).await.expect("pins");
+    assert!(pins.iter().all(|p| p.id != "11"), "pin unchanged: {pins:?}");
+
+    // The jti was rolled back too: the same subject token still works for a
+    // request that does not conflict.
+    store
+        .record_exchange(exchange("subject-2", "token-2", 2_000))
+        .await
+        .expect("jti of the conflicting attempt was not consumed");
+}
+
+pub(crate) async fn pins_are_case_insensitive_and_per_issuer(store: Arc<dyn Storage>) {
+    let rec = exchange_with_pins(
+        "subject-1",
+        "token-1",
+        1_000,
+        vec![pin(PinKind::Repository, "Acme/Web", "10")],
+    );
+    store.record_exchange(rec).await.expect("exchange");
+
+    let found = store
+        .get_pins(ISSUER, &[(PinKind::Repository, "ACME/web".into()), (PinKind::Owner, "acme".into())])
+        .await
+        .expect("pins");
+    assert_eq!(found, vec![Pin { name: "acme/web".into(), ..pin(PinKind::Repository, "x", "10") }]);
+
+    let elsewhere = store
+        .get_pins("https://ghe.example.com", &[(PinKind::Repository, "acme/web".into())])
+        .await
+        .expect("pins");
+    assert!(elsewhere.is_empty(), "pins are per issuer");
+
+    // Presenting an existing pin again (any case) is not a conflict.
+    let again = exchange_with_pins(
+        "subject-2",
+        "token-2",
+        1_000,
+        vec![pin(PinKind::Repository, "ACME/WEB", "10")],
+    );
+    store.record_exchange(again).await.expect("same id is fine");
+}
+
+pub(crate) async fn denial_does_not_consume_jti(store: Arc<dyn Storage>) {
+    let mut denied = audit("acme", 500, Outcome::Denied);
+    denied.error = Some("invalid_grant".into());
+    denied.issuer = Some(ISSUER.into());
+    denied.subject_jti = Some("subject-1".into());
+    store.record_denial(denied.clone()).await.expect("denial");
+
+    let granted = exchange("subject-1", "token-1", 1_000);
+    store.record_exchange(granted.clone()).await.expect("the denied token can still be exchanged");
+
+    let recent = store.audit_recent("acme", 10).await.expect("audit");
+    assert_eq!(recent, vec![granted.audit, denied], "both decisions audited, newest first");
+}
+
+pub(crate) async fn purge_keeps_unexpired_jtis(store: Arc<dyn Storage>) {
+    let old = exchange("old", "token-old", 100);
+    assert_eq!(old.used_jti.expires_at, 100 + JTI_RETENTION_LEEWAY_SECS, "retention adds leeway");
+    store.record_exchange(old).await.expect("old");
+    store.record_exchange(exchange("new", "token-new", 200)).await.expect("new");
+
+    // At exactly exp + leeway the token might still verify: keep it.
+    assert_eq!(store.purge_expired(100 + JTI_RETENTION_LEEWAY_SECS).await.expect("purge"), 0);
+    assert_eq!(store.purge_expired(100 + JTI_RETENTION_LEEWAY_SECS + 1).await.expect("purge"), 1);
+
+    let kept = store.record_exchange(exchange("new", "token-new-2", 200)).await;
+    assert!(matches!(kept, Err(StorageError::Replay)), "unexpired jti kept: {kept:?}");
+    store
+        .record_exchange(exchange("old", "token-old-2", 100))
+        .await
+        .expect("purged jti is forgotten");
+    // Purging touched only replay records.
+    assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), 3);
+}
+
+pub(crate) async fn signing_keys_round_trip(store: Arc<dyn Storage>) {
+    assert!(store.signing_keys().await.expect("keys").is_empty());
+    store.insert_signing_key(signing_key("later", 200)).await.expect("insert");
+    store.insert_signing_key(signing_key("earlier", 100)).await.expect("insert");
+
+    let got: Vec<_> = store.signing_keys().await.expect("keys").iter().map(flat).collect();
+    let want: Vec<_> = [signing_key("earlier", 100), signing_key("later", 200)].iter().map(flat).collect();
+    assert_eq!(got, want, "ordered by activation");
+
+    let dup = store.insert_signing_key(signing_key("later", 300)).await;
+    assert!(dup.is_err(), "keys are immutable: a kid is stored once");
+}
+
+pub(crate) async fn audit_round_trips_every_field_newest_first(store: Arc<dyn Storage>) {
+    let mut full = audit("acme", 300, Outcome::Denied);
+    full.error = Some("invalid_scope".into());
+    full.rule = Some("deploy-web".into());
+    full.issuer = Some(ISSUER.into());
+    full.subject = Some("repo:acme/web:pull_request".into());
+    full.subject_jti = Some("subject-9".into());
+    full.repository = Some("acme/web".into());
+    full.repository_id = Some("10".into());
+    full.ref_ = Some("refs/pull/7/merge".into());
+    full.environment = Some("production".into());
+    full.workflow_ref = Some("acme/web/.github/workflows/deploy.yml@refs/pull/7/merge".into());
+    full.run_id = Some("42".into());
+    full.actor = Some("mallory".into());
+    full.requested_permissions = vec!["deploy".into(), "logs:read".into()];
+    full.requested_apps = vec!["web".into()];
+    full.requested_machines = vec!["vm-1".into()];
+    full.granted_apps = Some(vec![]);
+    full.granted_machines = Some(vec!["vm-1".into()]);
+    full.token_expires_at = Some(900);
+    full.explanation = Some(json!([{"rule": "deploy-web", "failed": [
+        {"claim": "ref", "wanted": "refs/heads/main", "got": "refs/pull/7/merge"}]}]));
+    full.client_addr = Some("192.0.2.7".into());
+
+    store.record_denial(audit("acme", 100, Outcome::Denied)).await.expect("oldest");
+    store.record_denial(full.clone()).await.expect("newest");
+    store.record_denial(audit("acme", 200, Outcome::Denied)).await.expect("middle");
+    store.record_denial(audit("beta", 400, Outcome::Denied)).await.expect("other org");
+
+    let recent = store.audit_recent("acme", 2).await.expect("audit");
+    assert_eq!(recent.len(), 2, "limit is honoured");
+    assert_eq!(recent[0], full, "every field round-trips");
+    assert_eq!(recent[1].time, 200, "newest first");
+    assert_eq!(store.audit_recent("beta", 10).await.expect("audit").len(), 1, "per org");
+}
+
+pub(crate) async fn concurrent_exchanges_of_one_jti_exactly_one_succeeds(store: Arc<dyn Storage>) {
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store.record_exchange(exchange("contested", &format!("token-{i}"), 1_000)).await
+            })
+        })
+        .collect();
+    let mut granted = 0;
+    for task in tasks {
+        match task.await.expect("task ran") {
+            Ok(()) => granted += 1,
+            Err(StorageError::Replay) => {}
+            Err(other) => panic!("only replays may fail, got {other:?}"),
+        }
+    }
+    assert_eq!(granted, 1, "exactly one exchange of a token");
+    assert_eq!(store.audit_recent("acme", 20).await.expect("audit").len(), 1);
+}
