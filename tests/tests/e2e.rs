@@ -132,7 +132,7 @@ async fn serve_with_config_grants_denies_and_refuses_replay_over_http() {
     assert_eq!(status, 400);
     assert!(body["error_description"].as_str().expect("text").contains("already"), "{body:#}");
 
-    let pr = issuer.github_claims(&server.url, "acme/web", now).ref_("refs/pull/3/merge").build();
+    let pr = issuer.github_claims(&server.url, "acme/web", now).pull_request(3, "feature").build();
     let (status, body) =
         post_json(&format!("{}/v1/exchange", server.url), &json!({"token": issuer.mint(&pr), "org": "acme-prod"})).await;
     assert_eq!(status, 400);

@@ -213,6 +213,12 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<u8> {
         .ref_(&args.git_ref)
         .event_name(&args.event)
         .workflow(&args.workflow);
+    // A pull request's job: GitHub sends the merge ref with the
+    // pull_request event and the PR's head branch.
+    let pr_number = args.git_ref.strip_prefix("refs/pull/").and_then(|r| r.strip_suffix("/merge"));
+    if let Some(n) = pr_number.and_then(|n| n.parse().ok()) {
+        builder = builder.pull_request(n, "contributor-patch");
+    }
     if let Some(env) = &args.environment {
         builder = builder.environment(env);
     }

@@ -5,23 +5,20 @@
 //! Pure: keys, configuration and the current time (`now`, seconds since the
 //! Unix epoch) are parameters. jsonwebtoken checks the signature only; every
 //! claim check (issuer, audience, times) is done here against `now`, because
-//! jsonwebtoken would read the system clock.
+//! jsonwebtoken's own checks would read the system clock.
 //!
 //! Trust levels are in the names: `unverified_*` values come from a token
 //! whose signature has not been checked and are used only to choose which
 //! configured issuer and key to verify with; after [`verify_oidc`] the values
 //! are `claims`.
 
-use std::collections::HashSet;
 use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse,
-};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::{Map, Value};
 
 use crate::claims::VerifiedClaims;
@@ -209,9 +206,7 @@ pub enum VerifyError {
         expected: String,
     },
     /// `aud` is missing or does not contain this server's audience.
-    #[error(
-        "token audience {got} does not include `{expected}`: request the OIDC token with audience `{expected}`"
-    )]
+    #[error("token audience {got} does not include `{expected}`: request the OIDC token with audience `{expected}`")]
     Audience {
         /// The configured audience.
         expected: String,
@@ -273,9 +268,7 @@ impl VerifyError {
             VerifyError::UnknownIssuer => "unknown_issuer",
             VerifyError::KeysUnavailable { .. } => "keys_unavailable",
             VerifyError::Algorithm { .. } => "algorithm",
-            VerifyError::MissingKeyId | VerifyError::UnknownKey | VerifyError::AmbiguousKey => {
-                "unknown_key"
-            }
+            VerifyError::MissingKeyId | VerifyError::UnknownKey | VerifyError::AmbiguousKey => "unknown_key",
             VerifyError::KeyMismatch(_) => "key_mismatch",
             VerifyError::Signature => "signature",
             VerifyError::Issuer { .. } => "issuer",
@@ -330,15 +323,25 @@ impl VerifyError {
 /// The result may only pick the configured issuer (by exact `iss`) and the
 /// key (by `kid`); every value in it is attacker-controlled. The size bound
 /// is checked first, before any decoding.
-pub fn peek_unverified(
-    token: &str,
-    max_token_bytes: usize,
-) -> Result<UnverifiedToken<'_>, VerifyError> {
+pub fn peek_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedToken<'_>, VerifyError> {
+    split_unverified(token, max_token_bytes).map(|parts| parts.unverified)
+}
+
+/// A token taken apart, nothing verified yet.
+struct UnverifiedParts<'a> {
+    unverified: UnverifiedToken<'a>,
+    unverified_payload: Map<String, Value>,
+    /// `b64(header).b64(payload)`: what the signature covers.
+    signing_input: &'a str,
+    unverified_signature: &'a str,
+}
+
+fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedParts<'_>, VerifyError> {
     if token.len() > max_token_bytes {
         return Err(VerifyError::TooLarge { len: token.len(), max: max_token_bytes });
     }
     let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(_signature), None) =
+    let (Some(header_b64), Some(payload_b64), Some(unverified_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(VerifyError::Malformed("a JWT has three dot-separated parts"));
@@ -360,11 +363,16 @@ pub fn peek_unverified(
     let Some(Value::String(unverified_iss)) = unverified_payload.get("iss") else {
         return Err(VerifyError::Malformed("the payload has no `iss` string"));
     };
-    Ok(UnverifiedToken {
-        unverified_iss: unverified_iss.clone(),
-        unverified_kid,
-        unverified_alg: unverified_alg.clone(),
-        unverified_jwt: token,
+    Ok(UnverifiedParts {
+        unverified: UnverifiedToken {
+            unverified_iss: unverified_iss.clone(),
+            unverified_kid,
+            unverified_alg: unverified_alg.clone(),
+            unverified_jwt: token,
+        },
+        signing_input: &token[..header_b64.len() + 1 + payload_b64.len()],
+        unverified_payload,
+        unverified_signature,
     })
 }
 
@@ -385,8 +393,8 @@ fn decode_json_object(part: &str, what: &'static str) -> Result<Map<String, Valu
 ///    algorithm. The JWK's `kty` (and curve) must fit the algorithm family
 ///    (RSA for RS*/PS*, EC for ES*, OKP for EdDSA), its `alg`, if present,
 ///    must equal the algorithm, its `use`, if present, must be `sig`;
-/// 4. the signature (jsonwebtoken, with the one algorithm and all of its
-///    own claim checks off);
+/// 4. the signature (jsonwebtoken's `crypto::verify` with that one
+///    algorithm; claims are never read from jsonwebtoken);
 /// 5. `iss` byte-for-byte equal to `issuer.url` (a trailing slash or a
 ///    lookalike host is a mismatch);
 /// 6. `aud` (string or array) contains `cfg.audience`;
@@ -404,13 +412,14 @@ pub fn verify_oidc(
     cfg: &VerifyConfig,
     now: i64,
 ) -> Result<VerifiedClaims, VerifyError> {
-    let unverified = peek_unverified(token, cfg.max_token_bytes)?;
-    let alg = allowed_algorithm(&unverified.unverified_alg, &issuer.algorithms)?;
-    let jwk = select_key(keys, unverified.unverified_kid.as_deref(), alg)?;
+    let parts = split_unverified(token, cfg.max_token_bytes)?;
+    let alg = allowed_algorithm(&parts.unverified.unverified_alg, &issuer.algorithms)?;
+    let jwk = select_key(keys, parts.unverified.unverified_kid.as_deref(), alg)?;
     let key = DecodingKey::from_jwk(jwk)
         .map_err(|_| VerifyError::KeyMismatch("the key's parameters are not a valid public key"))?;
-
-    let claims = verify_signature(token, &key, alg)?;
+    verify_signature(parts.signing_input, parts.unverified_signature, &key, alg)?;
+    // The signature covers the payload bytes these claims were parsed from.
+    let claims = parts.unverified_payload;
     check_claims(claims, issuer, cfg, now)
 }
 
@@ -432,11 +441,7 @@ fn allowed_algorithm(unverified_alg: &str, allowed: &[Algorithm]) -> Result<Algo
 }
 
 /// Picks the verification key: by `kid`, else the single usable key.
-fn select_key<'k>(
-    keys: &'k JwkSet,
-    unverified_kid: Option<&str>,
-    alg: Algorithm,
-) -> Result<&'k Jwk, VerifyError> {
+fn select_key<'k>(keys: &'k JwkSet, unverified_kid: Option<&str>, alg: Algorithm) -> Result<&'k Jwk, VerifyError> {
     let Some(kid) = unverified_kid else {
         let mut usable = keys.keys.iter().filter(|jwk| key_fits(jwk, alg).is_ok());
         return match (usable.next(), usable.next()) {
@@ -444,8 +449,7 @@ fn select_key<'k>(
             _ => Err(VerifyError::MissingKeyId),
         };
     };
-    let named: Vec<&Jwk> =
-        keys.keys.iter().filter(|jwk| jwk.common.key_id.as_deref() == Some(kid)).collect();
+    let named: Vec<&Jwk> = keys.keys.iter().filter(|jwk| jwk.common.key_id.as_deref() == Some(kid)).collect();
     let Some(first) = named.first() else {
         return Err(VerifyError::UnknownKey);
     };
@@ -467,9 +471,7 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), VerifyError> {
             (&ec.curve, alg),
             (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
         ),
-        (AlgorithmParameters::OctetKeyPair(okp), AlgorithmFamily::Ed) => {
-            okp.curve == EllipticCurve::Ed25519
-        }
+        (AlgorithmParameters::OctetKeyPair(okp), AlgorithmFamily::Ed) => okp.curve == EllipticCurve::Ed25519,
         _ => false,
     };
     if !kty_fits {
@@ -493,36 +495,32 @@ fn key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), VerifyError> {
     Ok(())
 }
 
-/// Checks the signature with jsonwebtoken and returns the payload. Its own
-/// claim checks are all off (it would read the system clock; core must not,
-/// and does each check itself against `now`).
+/// Checks the signature with jsonwebtoken's `crypto::verify`, for the one
+/// allowed algorithm. Not `jsonwebtoken::decode`: even with all of its
+/// checks off it parses the claims again under its own rules (refusing, as
+/// a JSON error, a signed token whose `sub` is not a string) and its time
+/// checks would read the system clock; every claim check is done here.
 fn verify_signature(
-    token: &str,
+    signing_input: &str,
+    unverified_signature: &str,
     key: &DecodingKey,
     alg: Algorithm,
-) -> Result<Map<String, Value>, VerifyError> {
-    let mut validation = Validation::new(alg);
-    validation.required_spec_claims = HashSet::new();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation)
-        .map(|data| data.claims)
-        .map_err(|err| match err.kind() {
-            ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-                VerifyError::Malformed("the header or payload is not valid JSON")
-            }
+) -> Result<(), VerifyError> {
+    match jsonwebtoken::crypto::verify(unverified_signature, signing_input.as_bytes(), key, alg) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(VerifyError::Signature),
+        Err(err) => Err(match err.kind() {
             ErrorKind::InvalidRsaKey(_)
             | ErrorKind::InvalidEcdsaKey
             | ErrorKind::InvalidEddsaKey
             | ErrorKind::InvalidKeyFormat => {
                 VerifyError::KeyMismatch("the key's parameters are not a valid public key")
             }
-            // Bad signature bytes, non-canonical base64 in the signature,
-            // and any refusal of the crypto provider.
+            // Undecodable (e.g. non-canonical base64) signature bytes, and
+            // any other refusal of the crypto provider.
             _ => VerifyError::Signature,
-        })
+        }),
+    }
 }
 
 /// Every claim check after the signature verified.
@@ -584,9 +582,7 @@ fn check_claims(
 fn required_string(claims: &Map<String, Value>, name: &'static str) -> Result<String, VerifyError> {
     match claims.get(name) {
         None | Some(Value::Null) => Err(VerifyError::MissingClaim(name)),
-        Some(Value::String(s)) if s.is_empty() => {
-            Err(VerifyError::InvalidClaim { claim: name, reason: "it is empty" })
-        }
+        Some(Value::String(s)) if s.is_empty() => Err(VerifyError::InvalidClaim { claim: name, reason: "it is empty" }),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(_) => Err(VerifyError::InvalidClaim { claim: name, reason: "it is not a string" }),
     }
@@ -616,13 +612,331 @@ fn check_audience(aud: Option<&Value>, expected: &str) -> Result<(), VerifyError
 fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, VerifyError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or(VerifyError::InvalidClaim {
-            claim: name,
-            reason: "it is not an integer number of seconds",
-        }),
-        Some(_) => Err(VerifyError::InvalidClaim {
-            claim: name,
-            reason: "it is not an integer number of seconds",
-        }),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(Some)
+            .ok_or(VerifyError::InvalidClaim { claim: name, reason: "it is not an integer number of seconds" }),
+        Some(_) => Err(VerifyError::InvalidClaim { claim: name, reason: "it is not an integer number of seconds" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use serde_json::json;
+    use writ_testkit::{GitHubClaims, TestKey, hostile};
+
+    use super::*;
+
+    const ISS: &str = "https://token.actions.githubusercontent.com";
+    const AUD: &str = "https://writ.example.com";
+    const NOW: i64 = 1_780_000_000;
+
+    /// TEST-ONLY keys, generated per test run.
+    static KEY: LazyLock<TestKey> = LazyLock::new(|| TestKey::generate("key-1"));
+    /// Another key that claims the same kid: a forger's.
+    static FORGER: LazyLock<TestKey> = LazyLock::new(|| TestKey::generate("key-1"));
+    static KEY_2: LazyLock<TestKey> = LazyLock::new(|| TestKey::generate("key-2"));
+
+    fn github() -> IssuerSpec {
+        IssuerSpec::new("github", IssuerKind::GitHub, ISS)
+    }
+
+    fn jwks(keys: &[Value]) -> JwkSet {
+        serde_json::from_value(json!({ "keys": keys })).expect("a JWK set")
+    }
+
+    fn keys() -> JwkSet {
+        jwks(&[KEY.public_jwk()])
+    }
+
+    fn claims() -> GitHubClaims {
+        GitHubClaims::new(ISS, AUD, "acme/web", NOW)
+    }
+
+    fn check_with(token: &str, keys: &JwkSet, cfg: &VerifyConfig) -> Result<VerifiedClaims, VerifyError> {
+        verify_oidc(token, &github(), keys, cfg, NOW)
+    }
+
+    fn check(token: &str) -> Result<VerifiedClaims, VerifyError> {
+        check_with(token, &keys(), &VerifyConfig::new(AUD))
+    }
+
+    fn refused(token: &str) -> VerifyError {
+        check(token).expect_err("the token must be refused")
+    }
+
+    #[test]
+    fn a_valid_token_passes_and_becomes_verified_claims() {
+        let built = claims().environment("production").build();
+        let verified = check(&KEY.sign(&built)).expect("valid token");
+        assert_eq!(verified.issuer_name(), "github");
+        assert_eq!(verified.issuer_kind(), IssuerKind::GitHub);
+        assert_eq!(verified.issuer_url(), ISS);
+        assert_eq!(verified.jti(), built["jti"].as_str().expect("jti"));
+        assert_eq!(verified.sub(), "repo:acme/web:environment:production");
+        assert_eq!(verified.iat(), NOW);
+        assert_eq!(verified.exp(), NOW + 300);
+        assert_eq!(verified.get_str("repository").as_deref(), Some("acme/web"));
+    }
+
+    #[test]
+    fn peek_reads_header_and_iss_without_verifying() {
+        let token = FORGER.sign(&claims().build());
+        let unverified = peek_unverified(&token, DEFAULT_MAX_TOKEN_BYTES).expect("well-formed");
+        assert_eq!(unverified.unverified_iss, ISS);
+        assert_eq!(unverified.unverified_kid.as_deref(), Some("key-1"));
+        assert_eq!(unverified.unverified_alg, "RS256");
+        assert_eq!(unverified.unverified_jwt(), token);
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        for alg in ["none", "None", "NONE"] {
+            let token = hostile::unsigned(&json!({"alg": alg, "typ": "JWT", "kid": "key-1"}), &claims().build());
+            let err = refused(&token);
+            assert_eq!(err.reason_class(), "algorithm", "{alg}");
+            assert!(err.before_signature());
+        }
+    }
+
+    #[test]
+    fn hs256_keyed_with_the_rsa_public_key_pem_is_refused_even_if_listed() {
+        let header = json!({"alg": "HS256", "typ": "JWT", "kid": "key-1"});
+        let token = hostile::hs256(&header, &claims().build(), KEY.public_key_pem().as_bytes());
+        assert!(matches!(refused(&token), VerifyError::Algorithm { .. }));
+
+        // An operator listing HS256 does not open the confusion attack.
+        let mut careless = github();
+        careless.algorithms.push(Algorithm::HS256);
+        let err =
+            verify_oidc(&token, &careless, &keys(), &VerifyConfig::new(AUD), NOW).expect_err("HMAC is never accepted");
+        assert_eq!(err, VerifyError::Algorithm { allowed: "RS256".to_owned() });
+    }
+
+    #[test]
+    fn an_algorithm_outside_the_allow_list_is_refused_even_with_a_valid_signature() {
+        // A genuine RS256 signature, but the header claims RS512: the
+        // header never chooses the algorithm.
+        let token = KEY.sign_with_header(&json!({"alg": "RS512", "kid": "key-1"}), &claims().build());
+        assert_eq!(refused(&token).reason_class(), "algorithm");
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_type_under_the_kid_is_refused() {
+        let token = KEY.sign(&claims().build());
+        let ec = json!({"kty": "EC", "crv": "P-256", "kid": "key-1",
+            "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+            "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"});
+        let oct = json!({"kty": "oct", "kid": "key-1", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQ"});
+        let okp = json!({"kty": "OKP", "crv": "Ed25519", "kid": "key-1",
+            "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+        for wrong in [ec, oct, okp] {
+            let err = check_with(&token, &jwks(&[wrong.clone()]), &VerifyConfig::new(AUD)).expect_err("wrong kty");
+            assert!(matches!(err, VerifyError::KeyMismatch(_)), "{wrong}: {err}");
+            assert!(err.before_signature());
+        }
+    }
+
+    #[test]
+    fn a_jwk_published_for_another_alg_or_use_is_refused() {
+        let token = KEY.sign(&claims().build());
+        for (field, value) in [("alg", "RS512"), ("use", "enc")] {
+            let mut jwk = KEY.public_jwk();
+            jwk[field] = json!(value);
+            let err = check_with(&token, &jwks(&[jwk]), &VerifyConfig::new(AUD)).expect_err(field);
+            assert_eq!(err.reason_class(), "key_mismatch", "{field}");
+        }
+    }
+
+    #[test]
+    fn a_tampered_or_forged_signature_under_a_known_kid_is_refused() {
+        let genuine = KEY.sign(&claims().build());
+        let forged = FORGER.sign(&claims().build());
+        let swapped = hostile::swap_claims(&genuine, &claims().environment("production").build());
+        for token in [hostile::tamper_signature(&genuine), forged, swapped] {
+            let err = refused(&token);
+            assert_eq!(err, VerifyError::Signature);
+            assert!(err.before_signature());
+        }
+        // An empty or undecodable signature is a bad signature too.
+        let (input, _) = genuine.rsplit_once('.').expect("three parts");
+        assert_eq!(refused(&format!("{input}.")), VerifyError::Signature);
+        assert_eq!(refused(&format!("{input}.!!!")), VerifyError::Signature);
+    }
+
+    #[test]
+    fn an_unknown_kid_is_refused() {
+        let err = refused(&KEY_2.sign(&claims().build()));
+        assert_eq!(err, VerifyError::UnknownKey);
+        assert_eq!(err.reason_class(), "unknown_key");
+    }
+
+    #[test]
+    fn a_token_without_kid_needs_exactly_one_usable_key() {
+        let token = KEY.sign_with_header(&json!({"alg": "RS256", "typ": "JWT"}), &claims().build());
+        check(&token).expect("one key in the set");
+        // An unusable key (another kty) does not count.
+        let oct = json!({"kty": "oct", "kid": "mac", "k": "c2VjcmV0"});
+        check_with(&token, &jwks(&[KEY.public_jwk(), oct]), &VerifyConfig::new(AUD)).expect("one usable key");
+        let two = jwks(&[KEY.public_jwk(), KEY_2.public_jwk()]);
+        let err = check_with(&token, &two, &VerifyConfig::new(AUD)).expect_err("two keys");
+        assert_eq!(err, VerifyError::MissingKeyId);
+    }
+
+    #[test]
+    fn duplicate_kids_in_the_key_set_are_ambiguous() {
+        let token = KEY.sign(&claims().build());
+        let err = check_with(&token, &jwks(&[FORGER.public_jwk(), KEY.public_jwk()]), &VerifyConfig::new(AUD))
+            .expect_err("ambiguous");
+        assert_eq!(err, VerifyError::AmbiguousKey);
+    }
+
+    #[test]
+    fn an_iss_that_is_not_exactly_the_configured_url_is_refused() {
+        for lookalike in [
+            "https://token.actions.githubusercontent.com/",
+            "https://token.actions.githubusercontent.com.evil.com",
+            "https://token.actions.githubusercontent.com/acme",
+            "https://TOKEN.actions.githubusercontent.com",
+            "http://token.actions.githubusercontent.com",
+        ] {
+            let err = refused(&KEY.sign(&claims().issuer(lookalike).build()));
+            assert_eq!(err, VerifyError::Issuer { expected: ISS.to_owned() }, "{lookalike}");
+            assert!(!err.before_signature());
+        }
+    }
+
+    #[test]
+    fn a_missing_or_other_audience_is_refused() {
+        let err = refused(&KEY.sign(&claims().remove("aud").build()));
+        assert_eq!(err, VerifyError::Audience { expected: AUD.to_owned(), got: "null".to_owned() });
+        for other in [json!("https://github.com/acme"), json!([]), json!(["sts.amazonaws.com"]), json!(7)] {
+            let err = refused(&KEY.sign(&claims().set("aud", other.clone()).build()));
+            assert_eq!(err.reason_class(), "audience", "{other}");
+        }
+        check(&KEY.sign(&claims().set("aud", json!(["sts.amazonaws.com", AUD])).build()))
+            .expect("an array containing the audience");
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_after_the_leeway() {
+        let at = |exp: i64| KEY.sign(&claims().iat(exp - 300).exp(exp).build());
+        check(&at(NOW - 60)).expect("inside the 60 s leeway");
+        assert_eq!(refused(&at(NOW - 61)), VerifyError::Expired { exp: NOW - 61, now: NOW });
+    }
+
+    #[test]
+    fn the_leeway_is_capped() {
+        let mut cfg = VerifyConfig::new(AUD);
+        cfg.leeway_secs = 3600;
+        let token = KEY.sign(&claims().iat(NOW - 400).exp(NOW - 61).build());
+        assert_eq!(check_with(&token, &keys(), &cfg).expect_err("capped").reason_class(), "expired");
+        cfg.leeway_secs = -5;
+        assert_eq!(cfg.effective_leeway_secs(), 0);
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        check(&KEY.sign(&claims().nbf(NOW + 60).build())).expect("inside the leeway");
+        assert_eq!(
+            refused(&KEY.sign(&claims().nbf(NOW + 61).build())),
+            VerifyError::NotYetValid { nbf: NOW + 61, now: NOW }
+        );
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused() {
+        let token = KEY.sign(&claims().iat(NOW + 61).nbf(NOW).exp(NOW + 400).build());
+        assert_eq!(refused(&token), VerifyError::IssuedInFuture { iat: NOW + 61, now: NOW });
+    }
+
+    #[test]
+    fn a_token_older_than_the_max_age_is_refused() {
+        let token = KEY.sign(&claims().iat(NOW - 3601).exp(NOW + 100).build());
+        assert_eq!(refused(&token), VerifyError::TooOld { age_secs: 3601, max_secs: 3600 });
+        let token = KEY.sign(&claims().iat(NOW - 3600).exp(NOW + 100).build());
+        check(&token).expect("exactly the max age");
+    }
+
+    #[test]
+    fn required_claims_must_be_present() {
+        for name in ["jti", "exp", "iat", "sub"] {
+            let err = refused(&KEY.sign(&claims().remove(name).build()));
+            assert_eq!(err, VerifyError::MissingClaim(name));
+            assert_eq!(err.reason_class(), "missing_claim");
+        }
+    }
+
+    #[test]
+    fn claims_of_the_wrong_type_are_refused() {
+        for (name, value) in [
+            ("jti", json!("")),
+            ("jti", json!(42)),
+            ("sub", json!(["a"])),
+            ("exp", json!("1780000300")),
+            ("exp", json!(1_780_000_300.5)),
+            ("iat", json!(null)),
+        ] {
+            let err = refused(&KEY.sign(&claims().set(name, value.clone()).build()));
+            assert!(
+                matches!(err, VerifyError::InvalidClaim { .. } | VerifyError::MissingClaim(_)),
+                "{name} = {value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversize_token_is_refused_before_decoding() {
+        let token = KEY.sign(&claims().set("padding", json!("x".repeat(DEFAULT_MAX_TOKEN_BYTES))).build());
+        let err = refused(&token);
+        assert_eq!(err, VerifyError::TooLarge { len: token.len(), max: DEFAULT_MAX_TOKEN_BYTES });
+        assert!(err.before_signature());
+        let not_even_a_jwt = "!".repeat(DEFAULT_MAX_TOKEN_BYTES + 1);
+        assert_eq!(refused(&not_even_a_jwt).reason_class(), "too_large");
+    }
+
+    #[test]
+    fn malformed_tokens_are_refused() {
+        let header = hostile::b64_json(&json!({"alg": "RS256", "kid": "key-1"}));
+        let payload = hostile::b64_json(&claims().build());
+        for token in [
+            String::new(),
+            "a.b".to_owned(),
+            format!("{header}.{payload}.sig.extra.parts"),
+            hostile::raw("!!", &payload, "sig"),
+            hostile::raw(&header, "not json", "sig"),
+            hostile::raw(&hostile::b64(b"[1]"), &payload, "sig"),
+            hostile::raw(&hostile::b64_json(&json!({"kid": "key-1"})), &payload, "sig"),
+            hostile::raw(&header, &hostile::b64_json(&json!({"sub": "x"})), "sig"),
+        ] {
+            let err = refused(&token);
+            assert_eq!(err.reason_class(), "malformed", "{token}: {err}");
+            assert!(err.before_signature());
+        }
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused() {
+        let token = KEY.sign_with_header(
+            &json!({"alg": "RS256", "kid": "key-1", "crit": ["b64"], "b64": false}),
+            &claims().build(),
+        );
+        assert_eq!(refused(&token), VerifyError::CriticalHeader);
+    }
+
+    #[test]
+    fn only_checks_before_the_signature_are_reported_as_such() {
+        let after = [
+            VerifyError::Issuer { expected: ISS.to_owned() },
+            VerifyError::Expired { exp: 0, now: 1 },
+            VerifyError::MissingClaim("jti"),
+        ];
+        assert!(after.iter().all(|e| !e.before_signature()));
+        let unavailable = VerifyError::KeysUnavailable { issuer: "github".to_owned() };
+        assert!(unavailable.before_signature() && unavailable.is_temporary());
+        assert_eq!(unavailable.reason_class(), "keys_unavailable");
+        assert!(!VerifyError::UnknownKey.is_temporary());
     }
 }

@@ -184,10 +184,7 @@ impl SigningKey {
 
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("private_key", &"[redacted]")
-            .finish()
+        f.debug_struct("SigningKey").field("kid", &self.kid).field("private_key", &"[redacted]").finish()
     }
 }
 
@@ -229,9 +226,7 @@ pub fn mint(claims: &WritClaims, key: &SigningKey) -> Result<String, MintError> 
     let header_json = serde_json::to_vec(&header)?;
     let claims_json = serde_json::to_vec(claims)?;
 
-    let mut jws = String::with_capacity(
-        (header_json.len() + claims_json.len()) * 4 / 3 + 2 + 86 + 8,
-    );
+    let mut jws = String::with_capacity((header_json.len() + claims_json.len()) * 4 / 3 + 2 + 86 + 8);
     URL_SAFE_NO_PAD.encode_string(&header_json, &mut jws);
     jws.push('.');
     URL_SAFE_NO_PAD.encode_string(&claims_json, &mut jws);
@@ -317,8 +312,7 @@ mod tests {
         assert_eq!(header.kid.as_deref(), Some("kid-1"));
         assert_eq!(header.alg, Algorithm::EdDSA);
 
-        let data = jsonwebtoken::decode::<WritClaims>(&token, &decoding_key(&key), &validation())
-            .expect("verifies");
+        let data = jsonwebtoken::decode::<WritClaims>(&token, &decoding_key(&key), &validation()).expect("verifies");
         assert_eq!(data.claims, claims());
     }
 
@@ -349,10 +343,7 @@ mod tests {
         let forged = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wider).expect("json"));
         parts[1] = &forged;
         let forged_token = parts.join(".");
-        assert!(
-            jsonwebtoken::decode::<WritClaims>(&forged_token, &decoding_key(&key), &validation())
-                .is_err()
-        );
+        assert!(jsonwebtoken::decode::<WritClaims>(&forged_token, &decoding_key(&key), &validation()).is_err());
     }
 
     #[test]
@@ -380,10 +371,7 @@ mod tests {
 
     #[test]
     fn garbage_key_is_refused() {
-        assert!(matches!(
-            SigningKey::from_pkcs8_der("k", b"not a key"),
-            Err(KeyError::InvalidPkcs8)
-        ));
+        assert!(matches!(SigningKey::from_pkcs8_der("k", b"not a key"), Err(KeyError::InvalidPkcs8)));
     }
 
     #[test]
@@ -452,10 +440,7 @@ mod tests {
         assert_eq!(p.repository_owner.as_deref(), Some("acme"));
         assert_eq!(p.repository_owner_id.as_deref(), Some("5"), "numbers become strings");
         assert_eq!(p.ref_.as_deref(), Some("main"));
-        assert_eq!(
-            p.workflow_ref.as_deref(),
-            Some("gitlab.com/acme/web//.gitlab-ci.yml@refs/heads/main")
-        );
+        assert_eq!(p.workflow_ref.as_deref(), Some("gitlab.com/acme/web//.gitlab-ci.yml@refs/heads/main"));
         assert_eq!(p.run_id.as_deref(), Some("1001"));
         assert_eq!(p.run_attempt, None);
         assert_eq!(p.actor.as_deref(), Some("alice"));

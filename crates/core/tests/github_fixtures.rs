@@ -76,12 +76,7 @@ fn tokens() -> Vec<Fixture> {
                 iat: t["iat"].as_i64().expect("iat"),
                 nbf: t["nbf"].as_i64().expect("nbf"),
                 exp: t["exp"].as_i64().expect("exp"),
-                key_files: t["signature_verified_with"]
-                    .as_array()
-                    .expect("key files")
-                    .iter()
-                    .map(text)
-                    .collect(),
+                key_files: t["signature_verified_with"].as_array().expect("key files").iter().map(text).collect(),
             }
         })
         .collect()
@@ -146,10 +141,7 @@ fn the_real_token_with_an_altered_signature_is_refused() {
     let file = negative["file"].as_str().expect("negative file");
     let token = read(file).trim().to_owned();
     // The genuine token it was altered from (same repository and kid).
-    let genuine = tokens()
-        .into_iter()
-        .find(|t| t.file.contains("flaskoidc"))
-        .expect("the genuine flask-oidc token");
+    let genuine = tokens().into_iter().find(|t| t.file.contains("flaskoidc")).expect("the genuine flask-oidc token");
     let cfg = VerifyConfig::new(genuine.aud.clone());
     for key_file in &genuine.key_files {
         let keys = key_set(key_file, KID_78167F);

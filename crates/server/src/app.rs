@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::error::{REQUEST_ID_HEADER, finish_errors};
 use crate::oidc::{FetchLimits, IssuerEntry, Issuers, KeySource};
 use crate::policies::{Catalogue, PolicySet};
-use crate::signing::Keyring;
+use crate::signing::{Keyring, KeyringConfig};
 use crate::storage::Storage;
 use crate::{routes, storage};
 
@@ -118,7 +118,8 @@ impl AppState {
             });
         }
         let issuers = Issuers::new(entries, FetchLimits::default())?;
-        let keyring = Keyring::load_or_create(store.as_ref(), clock.now())
+        let keyring_config = KeyringConfig { max_token_lifetime: config.tokens.max_ttl, ..KeyringConfig::default() };
+        let keyring = Keyring::load_or_create(store.as_ref(), keyring_config, clock.now())
             .await
             .context("loading or creating the signing key")?;
         let catalogue = Catalogue {

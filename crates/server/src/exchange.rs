@@ -18,13 +18,18 @@ use writ_core::token::{CiProvenance, WritClaims};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::storage::{AuditRecord, ExchangeRecord, IssuedToken, StorageError};
+use crate::storage::{
+    AuditRecord, ExchangeRecord, IssuedToken, JTI_RETENTION_LEEWAY_SECS, Outcome, Pin, PinKind, StorageError, UsedJti,
+};
 
-/// Clock skew tolerated on `exp`, `nbf` and `iat` of subject tokens, and
-/// added to `exp` for how long a used `jti` is remembered. The two must be
-/// the same number: a replay record kept for less than `exp + leeway` would
-/// let a token that verification still accepts be exchanged twice.
+/// Clock skew tolerated on `exp`, `nbf` and `iat` of subject tokens.
+///
+/// Security invariant: a used `jti` is remembered until `exp` plus
+/// [`JTI_RETENTION_LEEWAY_SECS`]; if that were shorter than this leeway, a
+/// token that verification still accepts could be exchanged twice. The
+/// assertion below keeps the two in step at compile time.
 pub const LEEWAY_SECS: i64 = 60;
+const _: () = assert!(JTI_RETENTION_LEEWAY_SECS >= LEEWAY_SECS, "replay records must outlive the leeway");
 
 /// What the caller asked for, whichever front door it came through.
 #[derive(Debug, Clone)]
@@ -79,24 +84,20 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     let now = state.clock.now();
     let claims = verify(state, &input.subject_token, now).await?;
 
-    let mut audit = AuditRecord::for_claims(&claims, &input.org, now, caller);
-    audit.requested_permissions = input.permissions.clone();
-    audit.requested_apps = input.apps.clone();
-    audit.requested_machines = input.machines.clone();
+    let mut audit = audit_for(&claims, &input, now, caller);
 
     let Some(loaded) = state.policies.get(&input.org) else {
         let description = format!(
             "no trust policy of org {:?} grants this identity; check the org name, or ask the org's admins to add a rule",
             input.org
         );
-        audit.deny("invalid_grant", &description, json!([{"org": "no policy for this org"}]));
+        deny(&mut audit, "invalid_grant", json!([{"org": "this org has no trust policy"}]));
         record_denial(state, audit).await?;
         return Err(ApiError::invalid_grant(description));
     };
 
-    let pin_keys = policy::pin_keys(&claims);
-    let pins = match state.store.get_pins(claims.issuer_name(), &pin_keys).await {
-        Ok(found) => Pins::from_iter(found.into_iter().map(|p| p.into_core())),
+    let pins: Pins = match state.store.get_pins(claims.issuer_name(), &pin_keys(&claims)).await {
+        Ok(found) => found.iter().map(Pin::to_core).collect(),
         Err(e) => return Err(storage_error(e)),
     };
     let request = PolicyRequest {
@@ -112,7 +113,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
             let explanation = serde_json::to_value(&denial.explanation).unwrap_or_default();
             let code = denial.kind.oauth_error();
             let detailed = denial_sentence(&input.org, &denial);
-            audit.deny(code, &detailed, explanation.clone());
+            deny(&mut audit, code, explanation.clone());
             record_denial(state, audit).await?;
             // Only a caller whose verified owner the policy names learns
             // which conditions failed; anyone else could use the detail to
@@ -150,41 +151,49 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         machines: (!grant.machines.is_empty()).then(|| grant.machines.clone()),
         ci: provenance,
     };
-    let key = state.keyring.current();
+    let key = state.keyring.current_at(now);
     let token = writ_core::token::mint(&writ_claims, &key).map_err(|e| {
         tracing::error!("minting failed: {e}");
         ApiError::internal()
     })?;
 
-    audit.grant(&grant, &jti, expires_at);
+    let mut granted = audit.clone();
+    granted.outcome = Outcome::Granted;
+    granted.rule = Some(grant.rule.clone());
+    granted.granted_permissions = grant.permissions.clone();
+    granted.granted_apps = (!grant.apps.is_empty()).then(|| grant.apps.clone());
+    granted.granted_machines = (!grant.machines.is_empty()).then(|| grant.machines.clone());
+    granted.token_jti = Some(jti.clone());
+    granted.token_expires_at = Some(expires_at);
+    granted.explanation = serde_json::to_value(&grant.explanation).ok();
     let record = ExchangeRecord {
-        issuer: claims.issuer_name().to_owned(),
-        subject_jti: claims.jti().to_owned(),
-        subject_jti_expires_at: claims.exp() + LEEWAY_SECS,
-        new_pins: grant.new_pins.iter().map(crate::storage::Pin::from_core).collect(),
-        audit: audit.clone(),
+        used_jti: UsedJti::new(claims.issuer_name(), claims.jti(), claims.exp()),
+        new_pins: grant.new_pins.iter().map(|p| Pin::from_core(p, now)).collect(),
         issued: IssuedToken {
             jti: jti.clone(),
             org: input.org.clone(),
+            subject: writ_claims.sub.clone(),
+            repository: granted.repository.clone(),
+            run_id: granted.run_id.clone(),
             rule: grant.rule.clone(),
-            repository: audit.repository.clone(),
-            run_id: audit.run_id.clone(),
+            issued_at: now,
             expires_at,
         },
+        audit: granted,
     };
     match state.store.record_exchange(record).await {
         Ok(()) => {}
         Err(StorageError::Replay) => {
             let description = "this OIDC token was already exchanged; request a fresh one (each token is accepted once)";
-            audit.deny("invalid_grant", description, json!([{"replay": claims.jti()}]));
+            deny(&mut audit, "invalid_grant", json!([{"replay": claims.jti()}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
         }
-        Err(StorageError::PinConflict { kind, name, pinned, got }) => {
+        Err(StorageError::PinConflict { kind, name, pinned_id, presented_id }) => {
             let description = format!(
-                "{kind} {name} was pinned to id {pinned} on first use and this token carries id {got}; if the {kind} was deleted and re-created, an org admin must pin the new id in the policy"
+                "{kind} {name} was pinned to id {pinned_id} on first use and this token carries id {presented_id}; if the {kind} was deleted and re-created, an org admin must pin the new id in the policy"
             );
-            audit.deny("invalid_grant", &description, json!([{"pin_conflict": name}]));
+            deny(&mut audit, "invalid_grant", json!([{"pin_conflict": name}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
         }
@@ -256,6 +265,45 @@ fn validate_input(input: &ExchangeInput) -> Result<(), ApiError> {
         return Err(ApiError::invalid_request("ttl must be longer than zero, e.g. \"10m\""));
     }
     Ok(())
+}
+
+/// The audit record of this exchange, as far as the claims tell; starts as
+/// a denial and becomes a grant only when everything succeeded.
+fn audit_for(claims: &VerifiedClaims, input: &ExchangeInput, now: i64, caller: &CallerInfo) -> AuditRecord {
+    let ci = CiProvenance::from_claims(claims);
+    let mut a = AuditRecord::new(now, caller.request_id.clone(), input.org.clone(), Outcome::Denied);
+    a.issuer = Some(claims.issuer_name().to_owned());
+    a.subject = Some(claims.sub().to_owned());
+    a.subject_jti = Some(claims.jti().to_owned());
+    a.repository = ci.repository;
+    a.repository_id = ci.repository_id;
+    a.ref_ = ci.ref_;
+    a.environment = ci.environment;
+    a.workflow_ref = ci.workflow_ref;
+    a.run_id = ci.run_id;
+    a.actor = ci.actor;
+    a.requested_permissions = input.permissions.clone();
+    a.requested_apps = input.apps.clone();
+    a.requested_machines = input.machines.clone();
+    a.client_addr = caller.client_addr.clone();
+    a
+}
+
+fn deny(audit: &mut AuditRecord, code: &str, explanation: serde_json::Value) {
+    audit.outcome = Outcome::Denied;
+    audit.error = Some(code.to_owned());
+    audit.explanation = Some(explanation);
+}
+
+/// The names whose recorded id pins are looked up for these claims: the
+/// repository and owner (GitHub), the project and namespace (GitLab).
+fn pin_keys(claims: &VerifiedClaims) -> Vec<(PinKind, String)> {
+    let pairs: &[(PinKind, &str)] = match claims.issuer_kind() {
+        writ_core::issuer::IssuerKind::GitHub => &[(PinKind::Repository, "repository"), (PinKind::Owner, "repository_owner")],
+        writ_core::issuer::IssuerKind::GitLab => &[(PinKind::Project, "project_path"), (PinKind::Namespace, "namespace_path")],
+        writ_core::issuer::IssuerKind::Generic => &[],
+    };
+    pairs.iter().filter_map(|(kind, claim)| claims.get_str(claim).map(|name| (*kind, name.to_lowercase()))).collect()
 }
 
 /// One sentence naming the denial and its first failing conditions.

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use writ_core::issuer::IssuerKind;
 use writ_core::policy::{self, Diagnostic, LintContext, Policy, Severity, SourceFormat};
 
-use crate::storage::{ManagedBy, NewPolicy, Storage, StoredPolicy};
+use crate::storage::{ManagedBy, NewPolicy, PolicyFormat, Storage, StoredPolicy};
 
 /// How often the policy directory is checked for changes. Polling (rather
 /// than inotify) works on every filesystem, including network and
@@ -136,7 +136,7 @@ impl PolicySet {
 
     fn install(&self, stored: StoredPolicy, catalogue: &Catalogue) {
         let origin = format!("stored policy of org {} v{}", stored.org, stored.version);
-        match compile(&stored.source, stored.format, catalogue, &origin) {
+        match compile(&stored.source, source_format(stored.format), catalogue, &origin) {
             Ok((policy, _)) => self.insert(
                 stored.org.clone(),
                 LoadedPolicy { policy, version: stored.version, managed_by: stored.managed_by },
@@ -151,13 +151,10 @@ impl PolicySet {
         &self,
         store: &dyn Storage,
         catalogue: &Catalogue,
-        source: &str,
-        format: SourceFormat,
-        managed_by: ManagedBy,
-        expected_version: Option<i64>,
-        origin: &str,
+        update: PolicyUpdate<'_>,
         now: i64,
     ) -> anyhow::Result<(StoredPolicy, Vec<Diagnostic>)> {
+        let PolicyUpdate { source, format, managed_by, expected_version, origin } = update;
         let (parsed, warnings) = compile(source, format, catalogue, origin)?;
         let org = parsed.org().to_owned();
         let stored = store
@@ -165,8 +162,12 @@ impl PolicySet {
                 NewPolicy {
                     org: org.clone(),
                     source: source.to_owned(),
-                    format,
+                    format: match format {
+                        SourceFormat::Toml => PolicyFormat::Toml,
+                        SourceFormat::Json => PolicyFormat::Json,
+                    },
                     managed_by,
+                    author: None,
                     expected_version,
                 },
                 now,
@@ -175,6 +176,29 @@ impl PolicySet {
         self.insert(org, LoadedPolicy { policy: parsed, version: stored.version, managed_by });
         Ok((stored, warnings))
     }
+}
+
+fn source_format(f: PolicyFormat) -> SourceFormat {
+    match f {
+        PolicyFormat::Toml => SourceFormat::Toml,
+        PolicyFormat::Json => SourceFormat::Json,
+    }
+}
+
+/// A new policy version to store.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyUpdate<'a> {
+    /// The policy text.
+    pub source: &'a str,
+    /// Its syntax.
+    pub format: SourceFormat,
+    /// Who manages the org from now on.
+    pub managed_by: ManagedBy,
+    /// Optimistic concurrency: the version the writer last saw (`Some(0)`:
+    /// the org must have no policy yet; `None`: no check).
+    pub expected_version: Option<i64>,
+    /// File name or "request body", for diagnostics.
+    pub origin: &'a str,
 }
 
 /// The state of the policy directory seen last: file → (mtime, length).
@@ -247,17 +271,15 @@ pub async fn sync_dir(
                 continue;
             }
         }
-        set.apply(
-            store,
-            catalogue,
-            &source,
-            SourceFormat::Toml,
-            ManagedBy::File,
-            current.as_ref().map(|c| c.version).or(Some(0)),
-            &format!("{}/{org}", dir.display()),
-            now,
-        )
-        .await?;
+        let origin = format!("{}/{org}", dir.display());
+        let update = PolicyUpdate {
+            source: &source,
+            format: SourceFormat::Toml,
+            managed_by: ManagedBy::File,
+            expected_version: Some(current.as_ref().map_or(0, |c| c.version)),
+            origin: &origin,
+        };
+        set.apply(store, catalogue, update, now).await?;
         tracing::info!(org = %org, "loaded policy of org {org} from {}", dir.display());
         changed += 1;
     }

@@ -351,7 +351,7 @@ pub async fn openid_configuration(State(state): State<AppState>) -> Response {
 /// `GET /.well-known/jwks.json`: writ's public signing keys, including one
 /// pre-published before it signs.
 pub async fn jwks(State(state): State<AppState>) -> Response {
-    let mut response = Json(state.keyring.jwks()).into_response();
+    let mut response = Json(state.keyring.jwks_at(state.clock.now())).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=300"));
@@ -374,7 +374,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let body = json!({
         "status": if storage.is_ok() { "ready" } else { "unavailable" },
         "storage": match &storage { Ok(()) => "ok".to_owned(), Err(e) => format!("unavailable: {e}") },
-        "signing_key": state.keyring.current().kid(),
+        "signing_key": state.keyring.current_at(state.clock.now()).kid(),
         "orgs": state.policies.len(),
     });
     let status = if storage.is_ok() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };

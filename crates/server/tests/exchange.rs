@@ -297,14 +297,14 @@ async fn the_linter_refuses_a_wildcard_owner_rule() {
 #[tokio::test]
 async fn a_recreated_repository_with_new_ids_is_refused() {
     let h = prod_and_staging().await;
-    let first = h.github("acme/web").environment("production").repository_id("1001").build();
+    let first = h.github("acme/web").environment("production").repository_id(1001).build();
     let (status, body) = h.exchange(json!({"token": h.issuer.mint(&first), "org": "acme-prod"})).await;
     assert_eq!(status, StatusCode::OK, "{body:#}");
-    let impostor = h.github("acme/web").environment("production").repository_id("2002").build();
+    let impostor = h.github("acme/web").environment("production").repository_id(2002).build();
     let (status, body) = h.exchange(json!({"token": h.issuer.mint(&impostor), "org": "acme-prod"})).await;
     assert_refused(status, &body, "invalid_grant", "2002");
     // The original repository keeps working.
-    let again = h.github("acme/web").environment("production").repository_id("1001").build();
+    let again = h.github("acme/web").environment("production").repository_id(1001).build();
     let (status, _) = h.exchange(json!({"token": h.issuer.mint(&again), "org": "acme-prod"})).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -375,11 +375,11 @@ async fn story_a_pull_request_cannot_get_a_prod_token() {
     let h = prod_and_staging().await;
     // A PR that edits the workflow to ask for prod: it runs on the merge ref,
     // without the protected environment's approval.
-    let pr = h.github("acme/web").ref_("refs/pull/7/merge").event_name("pull_request").build();
+    let pr = h.github("acme/web").pull_request(7, "mallory-patch").build();
     let (status, body) = h.exchange(json!({"token": h.issuer.mint(&pr), "org": "acme-prod"})).await;
     assert_refused(status, &body, "invalid_grant", "refs/pull/7/merge");
     // Even claiming the environment does not help on a PR ref.
-    let pr_env = h.github("acme/web").ref_("refs/pull/7/merge").environment("production").build();
+    let pr_env = h.github("acme/web").pull_request(7, "mallory-patch").environment("production").build();
     let (status, body) = h.exchange(json!({"token": h.issuer.mint(&pr_env), "org": "acme-prod"})).await;
     assert_refused(status, &body, "invalid_grant", "ref");
 }

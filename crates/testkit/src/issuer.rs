@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -108,8 +108,10 @@ pub enum IssuerShape {
 
 /// A fake OIDC issuer served by axum on a loopback socket. TEST-ONLY keys.
 ///
-/// Serves `GET /.well-known/openid-configuration`, `GET /.well-known/jwks`
-/// and the GitHub Actions runtime's `GET /actions/token`. Cloning gives
+/// Serves `GET /.well-known/openid-configuration`, `GET /.well-known/jwks`,
+/// the GitHub Actions runtime's `GET /actions/token` and, on loopback only,
+/// `POST /dev/mint` (signs the posted JSON claims verbatim and answers the
+/// token as text; unauthenticated, for `writ token --dev`). Cloning gives
 /// another handle to the same issuer; the server stops when the last handle
 /// is dropped or on [`FakeIssuer::shutdown`]. The server task runs on the
 /// Tokio runtime that called `start`.
@@ -136,6 +138,9 @@ impl Drop for Handle {
 struct Shared {
     shape: IssuerShape,
     url: String,
+    /// `POST /dev/mint` signs anything for anyone who can connect, so it
+    /// exists only when the socket is bound to a loopback address.
+    dev_mint: bool,
     keys: Mutex<Keys>,
     key_counter: AtomicUsize,
     down: AtomicBool,
@@ -169,6 +174,7 @@ impl FakeIssuer {
     pub async fn start_on(shape: IssuerShape, addr: SocketAddr) -> anyhow::Result<FakeIssuer> {
         let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the fake issuer to {addr}"))?;
         let mut local = listener.local_addr().context("reading the fake issuer's bound address")?;
+        let dev_mint = local.ip().is_loopback();
         if local.ip().is_unspecified() {
             local.set_ip(if local.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() });
         }
@@ -181,6 +187,7 @@ impl FakeIssuer {
         let shared = Arc::new(Shared {
             shape,
             url: format!("http://{local}"),
+            dev_mint,
             keys: Mutex::new(Keys { current: key.clone(), published: vec![key] }),
             key_counter: AtomicUsize::new(1),
             down: AtomicBool::new(false),
@@ -413,7 +420,8 @@ impl Shared {
         claims.insert("iat".to_owned(), json!(now));
         claims.insert("nbf".to_owned(), json!(now));
         claims.insert("exp".to_owned(), json!(now + lifetime));
-        Some(lock(&self.keys).current.sign(&Value::Object(claims)))
+        let key = lock(&self.keys).current.clone();
+        Some(key.sign(&Value::Object(claims)))
     }
 }
 
@@ -422,6 +430,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks", get(jwks))
         .route("/actions/token", get(actions_token))
+        .route("/dev/mint", post(dev_mint))
         .fallback(fallback)
         .with_state(shared)
 }
@@ -472,6 +481,19 @@ async fn actions_token(
         Some(token) => Json(json!({ "count": 1, "value": token })).into_response(),
         None => (StatusCode::INTERNAL_SERVER_ERROR, "actions claims template is not a JSON object").into_response(),
     }
+}
+
+/// Signs the posted claims with the current key: the dev CLI's way to get a
+/// token from a running `writ serve --dev`.
+async fn dev_mint(State(shared): State<Arc<Shared>>, Json(claims): Json<Value>) -> Response {
+    if shared.is_down() {
+        return unavailable();
+    }
+    if !shared.dev_mint {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let key = lock(&shared.keys).current.clone();
+    key.sign(&claims).into_response()
 }
 
 async fn fallback(State(shared): State<Arc<Shared>>) -> Response {

@@ -11,6 +11,23 @@
 //!   (`sub`, `ref_type`, `workflow_ref`, ...) stay consistent.
 //! - [`FakeIssuer`]: discovery, JWKS, key rotation, outages and the GitHub
 //!   Actions token endpoint on `127.0.0.1:0`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! use writ_testkit::{FakeIssuer, IssuerShape};
+//!
+//! let issuer = FakeIssuer::start(IssuerShape::GitHub).await?;
+//! let claims = issuer
+//!     .github_claims("https://writ.example.com", "acme/web", 1_800_000_000)
+//!     .environment("production")
+//!     .build();
+//! assert_eq!(claims["sub"], "repo:acme/web:environment:production");
+//! let token = issuer.mint(&claims); // RS256, kid of the current published key
+//! # assert_eq!(token.split('.').count(), 3);
+//! # Ok(())
+//! # }
+//! ```
 
 mod claims;
 mod github;

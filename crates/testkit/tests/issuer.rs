@@ -42,6 +42,13 @@ async fn verify(issuer: &FakeIssuer, token: &str, audience: &str) -> Result<Valu
     decode::<Value>(token, &key, &validation).map(|data| data.claims).map_err(|e| e.to_string())
 }
 
+#[test]
+fn handles_and_keys_can_be_shared_across_threads() {
+    fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync::<FakeIssuer>();
+    assert_send_sync::<writ_testkit::TestKey>();
+}
+
 #[tokio::test]
 async fn discovery_document_has_github_shape_and_names_the_issuer() {
     let issuer = FakeIssuer::start(IssuerShape::GitHub).await.expect("issuer starts");
@@ -199,6 +206,20 @@ async fn default_actions_template_is_a_github_push_token() {
     let claims = verify(&issuer, body["value"].as_str().expect("token"), "a").await.expect("verifies");
     assert_eq!(claims["sub"], "repo:acme/web:ref:refs/heads/main");
     assert_eq!(claims["iss"], issuer.url().as_str());
+}
+
+#[tokio::test]
+async fn dev_mint_signs_posted_claims_on_loopback() {
+    let issuer = FakeIssuer::start(IssuerShape::GitHub).await.expect("issuer starts");
+    let claims = issuer.github_claims("https://writ.test", "acme/web", now()).build();
+    let client = reqwest::Client::new();
+    let response = client.post(format!("{}/dev/mint", issuer.url())).json(&claims).send().await.expect("request");
+    assert_eq!(response.status(), StatusCode::OK);
+    let token = response.text().await.expect("body");
+    assert_eq!(verify(&issuer, &token, "https://writ.test").await.expect("verifies"), claims);
+    issuer.set_down(true);
+    let down = client.post(format!("{}/dev/mint", issuer.url())).json(&claims).send().await.expect("request");
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]

@@ -43,6 +43,12 @@ impl Pattern {
         if !text.contains('*') {
             return (Pattern { text: text.to_owned(), folded, matcher: Matcher::Exact }, None);
         }
+        // globset would read `v**` as `v*`; an author writing it most likely
+        // expected it to cross `/`, so it is refused rather than guessed.
+        if text.split('/').any(|segment| segment.contains("**") && segment != "**") {
+            let problem = "`**` must be a whole path segment (`refs/heads/**`); within a segment write `*`";
+            return (Pattern { text: text.to_owned(), folded, matcher: Matcher::Invalid }, Some(problem.to_owned()));
+        }
         let mut glob = String::with_capacity(text.len() + 8);
         for c in text.chars() {
             match c {
@@ -60,14 +66,10 @@ impl Pattern {
             .case_insensitive(case_insensitive)
             .build();
         match built {
-            Ok(g) => (
-                Pattern { text: text.to_owned(), folded, matcher: Matcher::Glob(g.compile_matcher()) },
-                None,
-            ),
-            Err(e) => (
-                Pattern { text: text.to_owned(), folded, matcher: Matcher::Invalid },
-                Some(e.kind().to_string()),
-            ),
+            Ok(g) => (Pattern { text: text.to_owned(), folded, matcher: Matcher::Glob(g.compile_matcher()) }, None),
+            Err(e) => {
+                (Pattern { text: text.to_owned(), folded, matcher: Matcher::Invalid }, Some(e.kind().to_string()))
+            }
         }
     }
 
@@ -79,11 +81,6 @@ impl Pattern {
     /// True when the value contains `*`.
     pub fn is_glob(&self) -> bool {
         !matches!(self.matcher, Matcher::Exact)
-    }
-
-    /// True when the pattern compares case-insensitively.
-    pub fn is_case_insensitive(&self) -> bool {
-        self.folded.is_some()
     }
 
     /// Does `candidate` satisfy this pattern?
@@ -122,6 +119,11 @@ pub(crate) struct NamePattern {
 impl NamePattern {
     /// `owner/name` (GitHub `repository`).
     pub fn repository(text: &str) -> Result<(NamePattern, Option<String>), String> {
+        if text.chars().all(|c| c == '*') && !text.is_empty() {
+            // "any repository": kept so the linter can say why it is refused.
+            let (pattern, problem) = Pattern::compile(text, true);
+            return Ok((NamePattern { pattern, owner: None, top: None }, problem));
+        }
         let Some((owner, name)) = text.split_once('/') else {
             return Err(format!("`{text}` is not of the form owner/name"));
         };
@@ -212,18 +214,28 @@ impl Wanted {
 
 /// Does the claim satisfy any of the wanted values? An absent or null claim
 /// never does; an array claim does when any element does.
-pub(crate) fn claim_matches(claim: Option<&Value>, wanted: &[Wanted]) -> bool {
+pub(crate) fn claim_matches<'w, I>(claim: Option<&Value>, wanted: I) -> bool
+where
+    I: IntoIterator<Item = &'w Wanted>,
+    I::IntoIter: Clone,
+{
+    let wanted = wanted.into_iter();
     match claim {
         None | Some(Value::Null | Value::Object(_)) => false,
-        Some(Value::Array(items)) => items.iter().any(|item| wanted.iter().any(|w| w.matches_scalar(item))),
-        Some(scalar) => wanted.iter().any(|w| w.matches_scalar(scalar)),
+        Some(Value::Array(items)) => items.iter().any(|item| wanted.clone().any(|w| w.matches_scalar(item))),
+        Some(scalar) => wanted.clone().any(|w| w.matches_scalar(scalar)),
     }
 }
 
 /// A string condition (sugar such as `ref`): the claim must be a string, or
-/// an array with a matching string, that matches any pattern.
-pub(crate) fn string_claim_matches(claim: Option<&Value>, wanted: &[Pattern]) -> bool {
-    let one = |v: &Value| v.as_str().is_some_and(|s| wanted.iter().any(|p| p.matches(s)));
+/// an array with a string, that matches any pattern.
+pub(crate) fn string_claim_matches<'w, I>(claim: Option<&Value>, wanted: I) -> bool
+where
+    I: IntoIterator<Item = &'w Pattern>,
+    I::IntoIter: Clone,
+{
+    let wanted = wanted.into_iter();
+    let one = |v: &Value| v.as_str().is_some_and(|s| wanted.clone().any(|p| p.matches(s)));
     match claim {
         Some(Value::Array(items)) => items.iter().any(one),
         Some(v) => one(v),

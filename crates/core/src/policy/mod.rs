@@ -114,9 +114,9 @@ use serde::Serialize;
 
 pub use eval::{
     Decision, Denial, DenialKind, Failure, Grant, Pin, PinKind, PinSource, Pins, Request, RuleOutcome, TtlLimits,
-    evaluate,
+    UNSAFE_EVENTS, evaluate,
 };
-pub use lint::{LintContext, lint};
+pub use lint::{GITHUB_CLAIMS, GITLAB_CLAIMS, LintContext, lint};
 pub use parse::parse;
 
 use matcher::{NamePattern, Pattern, Wanted};
@@ -331,14 +331,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub(crate) fn new(severity: Severity, pos: Pos, rule: Option<&str>, message: String) -> Self {
-        Diagnostic {
-            severity,
-            message,
-            line: pos.line,
-            column: pos.column,
-            rule: rule.map(str::to_owned),
-            help: None,
-        }
+        Diagnostic { severity, message, line: pos.line, column: pos.column, rule: rule.map(str::to_owned), help: None }
     }
 
     pub(crate) fn with_help(mut self, help: Option<String>) -> Self {

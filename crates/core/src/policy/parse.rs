@@ -109,7 +109,14 @@ impl Reader<'_> {
             self.error(node.span.start, message, None);
             return Vec::new();
         };
-        items.into_iter().map(|item| self.rule(item)).collect()
+        items
+            .into_iter()
+            .map(|item| {
+                let rule = self.rule(item);
+                self.rule = None;
+                rule
+            })
+            .collect()
     }
 
     fn rule(&mut self, node: Node) -> Option<Rule> {
@@ -284,19 +291,14 @@ impl Reader<'_> {
 
     fn patterns(&mut self, node: &Node, field: &str, problems: &mut Vec<Problem>) -> Option<Vec<Located<Pattern>>> {
         let values = self.strings(node, field)?;
-        Some(
-            values
-                .into_iter()
-                .map(|v| Located { value: compile(&v, field, false, problems), pos: v.pos })
-                .collect(),
-        )
+        Some(values.into_iter().map(|v| Located { value: compile(&v, field, false, problems), pos: v.pos }).collect())
     }
 
     fn names(
         &mut self,
         node: &Node,
         field: &str,
-        build: fn(&str) -> Result<(NamePattern, Option<String>), String>,
+        build: BuildName,
         problems: &mut Vec<Problem>,
     ) -> Option<Vec<Located<NamePattern>>> {
         let values = self.strings(node, field)?;
@@ -309,11 +311,9 @@ impl Reader<'_> {
                     }
                     out.push(Located { value: name, pos: v.pos });
                 }
-                Err(message) => problems.push(Problem {
-                    pos: v.pos,
-                    message: format!("`{field}` {message}"),
-                    help: None,
-                }),
+                Err(message) => {
+                    problems.push(Problem { pos: v.pos, message: format!("`{field}` {message}"), help: None })
+                }
             }
         }
         Some(out)
@@ -417,9 +417,13 @@ fn glob_problem(value: &Located<String>, field: &str, reason: &str) -> Problem {
     Problem {
         pos: value.pos,
         message: format!("`{field}` has an invalid glob `{}`: {reason}", value.value),
-        help: Some("`*` matches within one path segment; `**` must be a whole segment".to_owned()),
+        help: None,
     }
 }
+
+/// Reads one name pattern: the pattern and an optional glob problem, or
+/// why the name is malformed.
+type BuildName = fn(&str) -> Result<(NamePattern, Option<String>), String>;
 
 #[derive(Default)]
 struct RuleBuilder {
@@ -497,7 +501,7 @@ repository_id = 123
             "repository": "acme/web", "permissions": ["deploy"], "claims": {"run_attempt": 1}}]}"#;
         let policy = parse(json, SourceFormat::Json).expect("parses");
         assert_eq!(policy.rules()[0].name(), "deploy-web");
-        assert_eq!(policy.rules()[0].name_pos, Pos { line: 1, column: 41 });
+        assert_eq!(policy.rules()[0].name_pos, Pos { line: 1, column: 40 });
     }
 
     #[test]
@@ -557,6 +561,13 @@ repository_id = 123
         let found = errors("[[rule]]\nissuer = \"github\"\n[[rule]]\nname = \"x\"\n", SourceFormat::Toml);
         let messages: Vec<_> = found.iter().map(|e| (e.0, e.1, e.2.split(':').next().unwrap_or_default())).collect();
         assert_eq!(messages, [(1, 1, "rule has no `name`"), (4, 8, "rule has no `issuer`"), (1, 1, "missing `org`")]);
+        let rules: Vec<_> = parse("[[rule]]\nname = \"x\"\n", SourceFormat::Toml)
+            .expect_err("invalid")
+            .diagnostics
+            .into_iter()
+            .map(|d| d.rule)
+            .collect();
+        assert_eq!(rules, [Some("x".to_owned()), None], "the missing org is no rule's fault");
     }
 
     #[test]
@@ -580,8 +591,7 @@ repository_id = 123
 
     #[test]
     fn bad_globs_and_durations_parse_but_leave_problems() {
-        let source =
-            "org = \"a\"\n[[rule]]\nname = \"r\"\nissuer = \"g\"\nref = \"refs/**x\"\nmax_ttl = \"soon\"\nrepository = \"acme\"\n";
+        let source = "org = \"a\"\n[[rule]]\nname = \"r\"\nissuer = \"g\"\nref = \"refs/**x\"\nmax_ttl = \"soon\"\nrepository = \"acme\"\n";
         let policy = parse(source, SourceFormat::Toml).expect("parses");
         let problems: Vec<_> = policy.rules()[0].problems.iter().map(|p| (p.pos.line, p.pos.column)).collect();
         assert_eq!(problems.len(), 3, "{:?}", policy.rules()[0].problems);

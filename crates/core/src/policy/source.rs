@@ -24,7 +24,7 @@ pub(super) struct Node {
 pub(super) enum Value {
     Str(String),
     Int(i64),
-    Float(f64),
+    Float,
     Bool(bool),
     Unsupported(&'static str),
     Array(Vec<Node>),
@@ -45,7 +45,7 @@ impl Value {
         match self {
             Value::Str(_) => "a string",
             Value::Int(_) => "an integer",
-            Value::Float(_) => "a float",
+            Value::Float => "a float",
             Value::Bool(_) => "a boolean",
             Value::Unsupported(name) => name,
             Value::Array(_) => "a list",
@@ -63,9 +63,7 @@ pub(super) struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     pub fn new(source: &'a str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(source.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+        let line_starts = std::iter::once(0).chain(source.match_indices('\n').map(|(i, _)| i + 1)).collect();
         LineIndex { source, line_starts }
     }
 
@@ -117,7 +115,7 @@ fn toml_node(value: serde_spanned::Spanned<DeValue<'_>>) -> Node {
             Ok(i) => Value::Int(i),
             Err(_) => Value::Unsupported("an integer out of range"),
         },
-        DeValue::Float(f) => Value::Float(f.as_str().parse().unwrap_or(f64::NAN)),
+        DeValue::Float(_) => Value::Float,
         DeValue::Boolean(b) => Value::Bool(b),
         DeValue::Datetime(_) => Value::Unsupported("a date-time"),
         DeValue::Array(items) => Value::Array(items.into_iter().map(toml_node).collect()),
@@ -130,9 +128,8 @@ fn toml_node(value: serde_spanned::Spanned<DeValue<'_>>) -> Node {
 /// line and column); the tree is then rebuilt from borrowed raw values,
 /// whose position inside `source` gives each value's span.
 pub(super) fn read_json(source: &str, index: &LineIndex<'_>) -> Result<Node, Vec<Diagnostic>> {
-    let raw: &RawValue = serde_json::from_str(source).map_err(|e| {
-        vec![syntax_error(Pos { line: e.line().max(1), column: e.column().max(1) }, &e.to_string())]
-    })?;
+    let raw: &RawValue = serde_json::from_str(source)
+        .map_err(|e| vec![syntax_error(Pos { line: e.line().max(1), column: e.column().max(1) }, &e.to_string())])?;
     let mut errors = Vec::new();
     let node = json_node(raw, source, index, &mut errors);
     if errors.is_empty() { Ok(node) } else { Err(errors) }
@@ -179,10 +176,10 @@ fn json_node(raw: &RawValue, source: &str, index: &LineIndex<'_>, errors: &mut V
         },
         Some(b'n') => Value::Unsupported("null"),
         _ => match serde_json::from_str::<serde_json::Number>(text) {
-            Ok(n) => match (n.as_i64(), n.as_f64()) {
-                (Some(i), _) => Value::Int(i),
-                (None, Some(f)) if n.is_f64() => Value::Float(f),
-                _ => Value::Unsupported("an integer out of range"),
+            Ok(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None if n.is_f64() => Value::Float,
+                None => Value::Unsupported("an integer out of range"),
             },
             Err(e) => fail(e),
         },
@@ -256,14 +253,7 @@ fn syntax_error(pos: Pos, message: &str) -> Diagnostic {
     if message.is_empty() {
         let _ = write!(message, "syntax error");
     }
-    Diagnostic {
-        severity: Severity::Error,
-        message,
-        line: pos.line,
-        column: pos.column,
-        rule: None,
-        help: None,
-    }
+    Diagnostic { severity: Severity::Error, message, line: pos.line, column: pos.column, rule: None, help: None }
 }
 
 #[cfg(test)]

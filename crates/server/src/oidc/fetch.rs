@@ -73,30 +73,19 @@ struct LenientJwkSet {
 /// Discovery §4.3): stops an issuer host that serves documents for another
 /// issuer (or a misconfigured URL that answers with someone else's document)
 /// from supplying keys for tokens it did not issue.
-pub(crate) async fn fetch_keys(
-    client: &Client,
-    issuer_url: &str,
-    max_body_bytes: usize,
-) -> Result<JwkSet, FetchError> {
+pub(crate) async fn fetch_keys(client: &Client, issuer_url: &str, max_body_bytes: usize) -> Result<JwkSet, FetchError> {
     // OIDC Discovery §4: a trailing `/` of the issuer is removed before
     // appending the well-known path.
-    let discovery_url =
-        format!("{}/.well-known/openid-configuration", issuer_url.trim_end_matches('/'));
-    let discovery: DiscoveryDocument =
-        get_json(client, &discovery_url, "discovery document", max_body_bytes).await?;
+    let discovery_url = format!("{}/.well-known/openid-configuration", issuer_url.trim_end_matches('/'));
+    let discovery: DiscoveryDocument = get_json(client, &discovery_url, "discovery document", max_body_bytes).await?;
     if discovery.issuer != issuer_url {
-        return Err(FetchError::IssuerMismatch {
-            expected: issuer_url.to_owned(),
-            got: discovery.issuer,
-        });
+        return Err(FetchError::IssuerMismatch { expected: issuer_url.to_owned(), got: discovery.issuer });
     }
     if !is_allowed_url(&discovery.jwks_uri) {
         return Err(FetchError::InsecureJwksUri(discovery.jwks_uri));
     }
-    let lenient: LenientJwkSet =
-        get_json(client, &discovery.jwks_uri, "JWKS", max_body_bytes).await?;
-    let keys: Vec<Jwk> =
-        lenient.keys.into_iter().filter_map(|key| serde_json::from_value(key).ok()).collect();
+    let lenient: LenientJwkSet = get_json(client, &discovery.jwks_uri, "JWKS", max_body_bytes).await?;
+    let keys: Vec<Jwk> = lenient.keys.into_iter().filter_map(|key| serde_json::from_value(key).ok()).collect();
     if keys.is_empty() {
         return Err(FetchError::NoUsableKeys { url: discovery.jwks_uri });
     }
@@ -111,12 +100,7 @@ async fn get_json<T: DeserializeOwned>(
     max_body_bytes: usize,
 ) -> Result<T, FetchError> {
     let request_error = |source| FetchError::Request { what, url: url.to_owned(), source };
-    let mut response = client
-        .get(url)
-        .header(ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(request_error)?;
+    let mut response = client.get(url).header(ACCEPT, "application/json").send().await.map_err(request_error)?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::Status { what, url: url.to_owned(), status });
@@ -134,11 +118,7 @@ async fn get_json<T: DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|source| FetchError::Json {
-        what,
-        url: url.to_owned(),
-        source,
-    })
+    serde_json::from_slice(&body).map_err(|source| FetchError::Json { what, url: url.to_owned(), source })
 }
 
 /// Whether writ may fetch from `url`: https, or plain http to a loopback
@@ -165,10 +145,7 @@ pub(crate) fn is_allowed_url(url: &str) -> bool {
 /// server to another host, e.g. an internal address.
 pub(crate) fn same_origin_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
-        let same_origin = attempt
-            .previous()
-            .first()
-            .is_some_and(|first| first.origin() == attempt.url().origin());
+        let same_origin = attempt.previous().first().is_some_and(|first| first.origin() == attempt.url().origin());
         if !same_origin {
             attempt.error("redirect to another origin refused")
         } else if attempt.previous().len() > 3 {

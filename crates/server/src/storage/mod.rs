@@ -13,10 +13,25 @@ pub mod sqlite;
 pub(crate) mod suite;
 
 use std::fmt;
+use std::sync::Arc;
 
 use secrecy::SecretSlice;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// Opens the backend a storage URL names: `sqlite://FILE` or
+/// `sqlite::memory:`. PostgreSQL URLs are recognised and refused with a clear
+/// message until that backend exists.
+pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+    if url.starts_with("sqlite:") {
+        let store = sqlite::SqliteStore::open(url, &sqlite::SqliteConfig::default()).await?;
+        return Ok(Arc::new(store));
+    }
+    Err(StorageError::other(format!(
+        "storage URL scheme not supported by this build: {}; use sqlite://FILE",
+        url.split(':').next().unwrap_or_default()
+    )))
+}
 
 /// How long a consumed subject-token `jti` is remembered past the token's
 /// `exp`, in seconds.
@@ -101,11 +116,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The recorded pins among `keys` for one issuer. Names are compared
     /// lowercased (they are lowercased here too, so callers cannot get it
     /// wrong). Keys without a pin are simply absent from the result.
-    async fn get_pins(
-        &self,
-        issuer: &str,
-        keys: &[(PinKind, String)],
-    ) -> Result<Vec<Pin>, StorageError>;
+    async fn get_pins(&self, issuer: &str, keys: &[(PinKind, String)]) -> Result<Vec<Pin>, StorageError>;
 
     /// Records a granted exchange in ONE transaction: consumes the subject
     /// token's `jti`, adds new pins, writes the audit record and the
@@ -197,40 +208,11 @@ pub struct StoredPolicy {
     pub created_at: i64,
 }
 
-/// What a pinned name denotes. GitLab's namespace and project map to owner
-/// and repository, as in the token's `ci` claims.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PinKind {
-    /// An owner / namespace, pinned to its numeric id.
-    Owner,
-    /// A repository / project (`owner/name`), pinned to its numeric id.
-    Repository,
-}
+pub use writ_core::policy::PinKind;
 
-impl PinKind {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PinKind::Owner => "owner",
-            PinKind::Repository => "repository",
-        }
-    }
-
-    /// Parses the stored spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "owner" => Some(PinKind::Owner),
-            "repository" => Some(PinKind::Repository),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for PinKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// Parses the stored spelling of a [`PinKind`].
+pub fn parse_pin_kind(s: &str) -> Option<PinKind> {
+    [PinKind::Repository, PinKind::Owner, PinKind::Project, PinKind::Namespace].into_iter().find(|k| k.as_str() == s)
 }
 
 /// A name bound to the immutable id it had when first used, so a deleted and
@@ -247,6 +229,18 @@ pub struct Pin {
     pub id: String,
     /// When the pin was recorded.
     pub created_at: i64,
+}
+
+impl Pin {
+    /// The evaluator's view of this pin.
+    pub fn to_core(&self) -> writ_core::policy::Pin {
+        writ_core::policy::Pin { issuer: self.issuer.clone(), kind: self.kind, name: self.name.clone(), id: self.id.clone() }
+    }
+
+    /// A pin to record for a name the evaluator saw without one.
+    pub fn from_core(pin: &writ_core::policy::Pin, now: i64) -> Pin {
+        Pin { issuer: pin.issuer.clone(), kind: pin.kind, name: pin.name.to_lowercase(), id: pin.id.clone(), created_at: now }
+    }
 }
 
 /// A consumed subject token.

@@ -18,16 +18,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretSlice};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
 use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, ExchangeRecord, IssuedToken, ManagedBy, NewPolicy, Outcome, Pin, PinKind,
-    PolicyFormat, Storage, StorageError, StoredPolicy, StoredSigningKey,
+    AuditRecord, ExchangeRecord, IssuedToken, ManagedBy, NewPolicy, Outcome, Pin, PinKind, PolicyFormat, Storage,
+    StorageError, StoredPolicy, StoredSigningKey,
 };
 
 /// Tuning of the SQLite backend; [`Default`] is what `writ serve` uses.
@@ -118,9 +118,8 @@ impl SqliteStore {
     /// this uses one connection that is never closed by idling, shared by
     /// readers and the writer. Nothing survives a restart.
     pub async fn open_in_memory() -> Result<Self, StorageError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(StorageError::other)?
-            .foreign_keys(true);
+        let options =
+            SqliteConnectOptions::from_str("sqlite::memory:").map_err(StorageError::other)?.foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
@@ -141,8 +140,7 @@ impl SqliteStore {
 }
 
 fn is_in_memory(location: &str) -> bool {
-    matches!(location, ":memory:" | "sqlite::memory:" | "sqlite://:memory:")
-        || location.contains("mode=memory")
+    matches!(location, ":memory:" | "sqlite::memory:" | "sqlite://:memory:") || location.contains("mode=memory")
 }
 
 /// Creates the database file readable and writable by its owner only: it
@@ -160,9 +158,7 @@ fn create_private_file(path: &Path) -> Result<(), StorageError> {
     match open.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StorageError::Unavailable(
-            format!("creating database file {}: {e}", path.display()).into(),
-        )),
+        Err(e) => Err(StorageError::Unavailable(format!("creating database file {}: {e}", path.display()).into())),
     }
 }
 
@@ -179,25 +175,19 @@ const SQLITE_CANTOPEN: i64 = 14;
 /// [`StorageError::Unavailable`] (the server answers 503 + `Retry-After`).
 fn map_err(e: sqlx::Error) -> StorageError {
     let transient = match &e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .and_then(|c| c.parse::<i64>().ok())
-            .is_some_and(|code| {
-                matches!(
-                    code & 0xff,
-                    SQLITE_BUSY
-                        | SQLITE_LOCKED
-                        | SQLITE_NOMEM
-                        | SQLITE_READONLY
-                        | SQLITE_IOERR
-                        | SQLITE_FULL
-                        | SQLITE_CANTOPEN
-                )
-            }),
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()).is_some_and(|code| {
+            matches!(
+                code & 0xff,
+                SQLITE_BUSY
+                    | SQLITE_LOCKED
+                    | SQLITE_NOMEM
+                    | SQLITE_READONLY
+                    | SQLITE_IOERR
+                    | SQLITE_FULL
+                    | SQLITE_CANTOPEN
+            )
+        }),
         _ => false,
     };
     if transient { StorageError::Unavailable(Box::new(e)) } else { StorageError::Other(Box::new(e)) }
@@ -268,7 +258,7 @@ fn pin_from_row(row: &SqliteRow) -> Result<Pin, StorageError> {
     let kind: String = row.try_get("kind").map_err(map_err)?;
     Ok(Pin {
         issuer: row.try_get("issuer").map_err(map_err)?,
-        kind: PinKind::parse(&kind).ok_or_else(|| corrupt("pin kind", &kind))?,
+        kind: super::parse_pin_kind(&kind).ok_or_else(|| corrupt("pin kind", &kind))?,
         name: row.try_get("name").map_err(map_err)?,
         id: row.try_get("id").map_err(map_err)?,
         created_at: row.try_get("created_at").map_err(map_err)?,
@@ -276,15 +266,13 @@ fn pin_from_row(row: &SqliteRow) -> Result<Pin, StorageError> {
 }
 
 fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StorageError> {
-    let get_str = |col: &str| -> Result<Option<String>, StorageError> {
-        row.try_get::<Option<String>, _>(col).map_err(map_err)
-    };
+    let get_str =
+        |col: &str| -> Result<Option<String>, StorageError> { row.try_get::<Option<String>, _>(col).map_err(map_err) };
     let list = |col: &str| -> Result<Vec<String>, StorageError> {
         from_json(&row.try_get::<String, _>(col).map_err(map_err)?)
     };
-    let opt_list = |col: &str| -> Result<Option<Vec<String>>, StorageError> {
-        get_str(col)?.map(|t| from_json(&t)).transpose()
-    };
+    let opt_list =
+        |col: &str| -> Result<Option<Vec<String>>, StorageError> { get_str(col)?.map(|t| from_json(&t)).transpose() };
     let id: String = row.try_get("id").map_err(map_err)?;
     let outcome: String = row.try_get("outcome").map_err(map_err)?;
     Ok(AuditRecord {
@@ -383,23 +371,17 @@ async fn insert_pin(conn: &mut SqliteConnection, pin: &Pin) -> Result<(), Storag
     if inserted == 1 {
         return Ok(());
     }
-    let pinned_id: String =
-        sqlx::query_scalar("SELECT id FROM pins WHERE issuer = ? AND kind = ? AND name = ?")
-            .bind(&pin.issuer)
-            .bind(pin.kind.as_str())
-            .bind(&name)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(map_err)?;
+    let pinned_id: String = sqlx::query_scalar("SELECT id FROM pins WHERE issuer = ? AND kind = ? AND name = ?")
+        .bind(&pin.issuer)
+        .bind(pin.kind.as_str())
+        .bind(&name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(map_err)?;
     if pinned_id == pin.id {
         Ok(())
     } else {
-        Err(StorageError::PinConflict {
-            kind: pin.kind,
-            name,
-            pinned_id,
-            presented_id: pin.id.clone(),
-        })
+        Err(StorageError::PinConflict { kind: pin.kind, name, pinned_id, presented_id: pin.id.clone() })
     }
 }
 
@@ -441,12 +423,11 @@ impl Storage for SqliteStore {
         // IMMEDIATE takes the write lock before reading the current version,
         // so no other writer can slip in between the check and the insert.
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-        let current: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM policies WHERE org = ?")
-                .bind(&new.org)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
+        let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM policies WHERE org = ?")
+            .bind(&new.org)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
         if let Some(expected) = new.expected_version
             && expected != current
         {
@@ -461,43 +442,31 @@ impl Storage for SqliteStore {
             author: new.author,
             created_at: now,
         };
-        sqlx::query(concat!(
-            "INSERT INTO policies (",
-            policy_columns!(),
-            ") VALUES (?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(&stored.org)
-        .bind(stored.version)
-        .bind(&stored.source)
-        .bind(format_str(stored.format))
-        .bind(managed_by_str(stored.managed_by))
-        .bind(&stored.author)
-        .bind(stored.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        sqlx::query(concat!("INSERT INTO policies (", policy_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&stored.org)
+            .bind(stored.version)
+            .bind(&stored.source)
+            .bind(format_str(stored.format))
+            .bind(managed_by_str(stored.managed_by))
+            .bind(&stored.author)
+            .bind(stored.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
         Ok(stored)
     }
 
     async fn policy_history(&self, org: &str) -> Result<Vec<StoredPolicy>, StorageError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            policy_columns!(),
-            " FROM policies WHERE org = ? ORDER BY version"
-        ))
-        .bind(org)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
+        let rows = sqlx::query(concat!("SELECT ", policy_columns!(), " FROM policies WHERE org = ? ORDER BY version"))
+            .bind(org)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
         rows.iter().map(policy_from_row).collect()
     }
 
-    async fn get_pins(
-        &self,
-        issuer: &str,
-        keys: &[(PinKind, String)],
-    ) -> Result<Vec<Pin>, StorageError> {
+    async fn get_pins(&self, issuer: &str, keys: &[(PinKind, String)]) -> Result<Vec<Pin>, StorageError> {
         let mut conn = self.reader.acquire().await.map_err(map_err)?;
         let mut pins = Vec::with_capacity(keys.len());
         for (kind, name) in keys {
@@ -687,9 +656,9 @@ mod tests {
         let store: Arc<dyn Storage> =
             Arc::new(SqliteStore::open("sqlite::memory:", &SqliteConfig::default()).await.expect("open"));
         suite::exchange_writes_everything(store.clone()).await;
-        suite::replayed_jti_is_refused_and_nothing_else_written(
-            Arc::new(SqliteStore::open_in_memory().await.expect("open")),
-        )
+        suite::replayed_jti_is_refused_and_nothing_else_written(Arc::new(
+            SqliteStore::open_in_memory().await.expect("open"),
+        ))
         .await;
     }
 
@@ -730,13 +699,11 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join("writ.db")).expect("stat").permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let journal: String =
-            sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.writer).await.expect("pragma");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&store.writer).await.expect("pragma");
         assert_eq!(journal, "wal");
         // 2 = FULL, on the writer and on readers alike.
         for pool in [&store.writer, &store.reader] {
-            let sync: i64 =
-                sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.expect("pragma");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.expect("pragma");
             assert_eq!(sync, 2);
         }
     }
@@ -745,9 +712,8 @@ mod tests {
     async fn plain_path_is_accepted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("plain.db");
-        let store = SqliteStore::open(path.to_str().expect("utf-8 path"), &SqliteConfig::default())
-            .await
-            .expect("open");
+        let store =
+            SqliteStore::open(path.to_str().expect("utf-8 path"), &SqliteConfig::default()).await.expect("open");
         store.ping().await.expect("ping");
         assert!(path.exists());
     }
@@ -758,10 +724,7 @@ mod tests {
         let store = file_store(&dir).await;
         store.close().await;
         assert!(matches!(store.ping().await, Err(StorageError::Unavailable(_))));
-        assert!(matches!(
-            store.record_exchange(suite::exchange("j", "t", 1)).await,
-            Err(StorageError::Unavailable(_))
-        ));
+        assert!(matches!(store.record_exchange(suite::exchange("j", "t", 1)).await, Err(StorageError::Unavailable(_))));
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@ use serde_json::json;
 use uuid::{NoContext, Timestamp, Uuid};
 
 use super::{
-    AuditRecord, ExchangeRecord, IssuedToken, JTI_RETENTION_LEEWAY_SECS, ManagedBy, NewPolicy,
-    Outcome, Pin, PinKind, PolicyFormat, Storage, StorageError, StoredSigningKey, UsedJti,
+    AuditRecord, ExchangeRecord, IssuedToken, JTI_RETENTION_LEEWAY_SECS, ManagedBy, NewPolicy, Outcome, Pin, PinKind,
+    PolicyFormat, Storage, StorageError, StoredSigningKey, UsedJti,
 };
 
 /// The subject tokens' issuer in every case.
@@ -28,10 +28,10 @@ pub(crate) fn new_policy(org: &str, source: &str, expected_version: Option<i64>)
     }
 }
 
-/// An audit record whose id sorts by `time`.
+/// An audit record whose id sorts by `time` (for times after the epoch).
 fn audit(org: &str, time: i64, outcome: Outcome) -> AuditRecord {
     let mut a = AuditRecord::new(time, format!("req-{time}"), org, outcome);
-    let secs = u64::try_from(time).expect("test times are positive");
+    let secs = u64::try_from(time).unwrap_or(0);
     a.id = Uuid::new_v7(Timestamp::from_unix(NoContext, secs, 0));
     a
 }
@@ -141,17 +141,9 @@ pub(crate) async fn list_policies_returns_latest_of_each_org(store: Arc<dyn Stor
     store.put_policy(new_policy("beta", "b1", None), 1).await.expect("put");
     store.put_policy(new_policy("acme", "a1", None), 2).await.expect("put");
     store.put_policy(new_policy("acme", "a2", None), 3).await.expect("put");
-    let latest: Vec<(String, i64, String)> = store
-        .list_policies()
-        .await
-        .expect("list")
-        .into_iter()
-        .map(|p| (p.org, p.version, p.source))
-        .collect();
-    assert_eq!(
-        latest,
-        vec![("acme".into(), 2, "a2".into()), ("beta".into(), 1, "b1".into())]
-    );
+    let latest: Vec<(String, i64, String)> =
+        store.list_policies().await.expect("list").into_iter().map(|p| (p.org, p.version, p.source)).collect();
+    assert_eq!(latest, vec![("acme".into(), 2, "a2".into()), ("beta".into(), 1, "b1".into())]);
 }
 
 pub(crate) async fn exchange_writes_everything(store: Arc<dyn Storage>) {
@@ -219,12 +211,7 @@ pub(crate) async fn pin_conflict_rolls_back_jti_and_audit(store: Arc<dyn Storage
 }
 
 pub(crate) async fn pins_are_case_insensitive_and_per_issuer(store: Arc<dyn Storage>) {
-    let rec = exchange_with_pins(
-        "subject-1",
-        "token-1",
-        1_000,
-        vec![pin(PinKind::Repository, "Acme/Web", "10")],
-    );
+    let rec = exchange_with_pins("subject-1", "token-1", 1_000, vec![pin(PinKind::Repository, "Acme/Web", "10")]);
     store.record_exchange(rec).await.expect("exchange");
 
     let found = store
@@ -233,19 +220,12 @@ pub(crate) async fn pins_are_case_insensitive_and_per_issuer(store: Arc<dyn Stor
         .expect("pins");
     assert_eq!(found, vec![Pin { name: "acme/web".into(), ..pin(PinKind::Repository, "x", "10") }]);
 
-    let elsewhere = store
-        .get_pins("https://ghe.example.com", &[(PinKind::Repository, "acme/web".into())])
-        .await
-        .expect("pins");
+    let elsewhere =
+        store.get_pins("https://ghe.example.com", &[(PinKind::Repository, "acme/web".into())]).await.expect("pins");
     assert!(elsewhere.is_empty(), "pins are per issuer");
 
     // Presenting an existing pin again (any case) is not a conflict.
-    let again = exchange_with_pins(
-        "subject-2",
-        "token-2",
-        1_000,
-        vec![pin(PinKind::Repository, "ACME/WEB", "10")],
-    );
+    let again = exchange_with_pins("subject-2", "token-2", 1_000, vec![pin(PinKind::Repository, "ACME/WEB", "10")]);
     store.record_exchange(again).await.expect("same id is fine");
 }
 
@@ -275,10 +255,7 @@ pub(crate) async fn purge_keeps_unexpired_jtis(store: Arc<dyn Storage>) {
 
     let kept = store.record_exchange(exchange("new", "token-new-2", 200)).await;
     assert!(matches!(kept, Err(StorageError::Replay)), "unexpired jti kept: {kept:?}");
-    store
-        .record_exchange(exchange("old", "token-old-2", 100))
-        .await
-        .expect("purged jti is forgotten");
+    store.record_exchange(exchange("old", "token-old-2", 100)).await.expect("purged jti is forgotten");
     // Purging touched only replay records.
     assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), 3);
 }
@@ -336,9 +313,9 @@ pub(crate) async fn concurrent_exchanges_of_one_jti_exactly_one_succeeds(store: 
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                store.record_exchange(exchange("contested", &format!("token-{i}"), 1_000)).await
-            })
+            tokio::spawn(
+                async move { store.record_exchange(exchange("contested", &format!("token-{i}"), 1_000)).await },
+            )
         })
         .collect();
     let mut granted = 0;

@@ -12,6 +12,7 @@ use tower::ServiceExt;
 use writ_core::policy::SourceFormat;
 use writ_server::app::{AppState, Clock, router};
 use writ_server::config::Config;
+use writ_server::policies::PolicyUpdate;
 use writ_server::storage::ManagedBy;
 use writ_testkit::{FakeIssuer, GitHubClaims, IssuerShape};
 
@@ -105,11 +106,13 @@ url = "{}"
             .apply(
                 self.state.store.as_ref(),
                 &self.state.catalogue,
-                source,
-                SourceFormat::Toml,
-                ManagedBy::Api,
-                None,
-                "policy.toml",
+                PolicyUpdate {
+                    source,
+                    format: SourceFormat::Toml,
+                    managed_by: ManagedBy::Api,
+                    expected_version: None,
+                    origin: "policy.toml",
+                },
                 self.clock.now(),
             )
             .await
