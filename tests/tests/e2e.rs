@@ -15,7 +15,11 @@ fn writ_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let bin = dir.join(format!("writ{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.exists(), "{} is missing: run `cargo build -p writ-cli` (cargo test --workspace builds it)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p writ-cli` (cargo test --workspace builds it)",
+        bin.display()
+    );
     bin
 }
 
@@ -44,10 +48,10 @@ async fn wait_ready(url: &str, child: &mut Child) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("writ serve exited early with {status}");
@@ -124,17 +128,20 @@ async fn serve_with_config_grants_denies_and_refuses_replay_over_http() {
 
     let claims = issuer.github_claims(&server.url, "acme/web", now).environment("production").build();
     let token = issuer.mint(&claims);
-    let (status, body) = post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod"})).await;
+    let (status, body) =
+        post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod"})).await;
     assert_eq!(status, 200, "{body:#}");
     assert_eq!(body["permissions"], json!(["deploy", "logs:read"]));
 
-    let (status, body) = post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod"})).await;
+    let (status, body) =
+        post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod"})).await;
     assert_eq!(status, 400);
     assert!(body["error_description"].as_str().expect("text").contains("already"), "{body:#}");
 
     let pr = issuer.github_claims(&server.url, "acme/web", now).pull_request(3, "feature").build();
     let (status, body) =
-        post_json(&format!("{}/v1/exchange", server.url), &json!({"token": issuer.mint(&pr), "org": "acme-prod"})).await;
+        post_json(&format!("{}/v1/exchange", server.url), &json!({"token": issuer.mint(&pr), "org": "acme-prod"}))
+            .await;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_grant");
     assert!(body["error_description"].as_str().expect("text").contains("refs/pull/3/merge"), "{body:#}");
@@ -157,14 +164,18 @@ async fn a_policy_file_edit_takes_effect_and_a_bad_edit_changes_nothing() {
     assert_eq!(exchange(staging_job()).await.0, 400);
 
     // A broken edit: the previous policy keeps serving.
-    std::fs::write(dir.path().join("policies/acme-prod.toml"), "org = \"acme-prod\"\n[[rule]]\nnme = 1\n").expect("write");
+    std::fs::write(dir.path().join("policies/acme-prod.toml"), "org = \"acme-prod\"\n[[rule]]\nnme = 1\n")
+        .expect("write");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let prod_job = issuer.github_claims(&server.url, "acme/web", now()).environment("production").build();
     assert_eq!(exchange(prod_job).await.0, 200, "a bad edit must not take the org down");
 
     // A good edit that admits staging arrives within the poll interval.
-    std::fs::write(dir.path().join("policies/acme-prod.toml"), POLICY.replace("\"production\"", "[\"production\", \"staging\"]"))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("policies/acme-prod.toml"),
+        POLICY.replace("\"production\"", "[\"production\", \"staging\"]"),
+    )
+    .expect("write");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (status, _) = exchange(staging_job()).await;
@@ -193,7 +204,11 @@ async fn dev_mode_walkthrough_as_printed() {
     let url = format!("http://127.0.0.1:{port}");
     let server = Server { child, url: url.clone() };
     let lines = std::thread::spawn(move || {
-        BufReader::new(stdout).lines().map_while(Result::ok).take_while(|l| !l.contains("jwks.json")).collect::<Vec<_>>()
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("jwks.json"))
+            .collect::<Vec<_>>()
     });
     let printed = lines.join().expect("reader thread");
     assert!(printed.iter().any(|l| l.contains(&url)), "prints its address: {printed:#?}");
@@ -202,18 +217,26 @@ async fn dev_mode_walkthrough_as_printed() {
     let token_line = printed.iter().find(|l| l.contains("dev token") && l.contains("production")).expect("step 1 line");
     assert!(token_line.contains("--repository acme/web"));
     let mint = |args: &[&str]| {
-        let out = Command::new(writ_bin()).args(["dev", "token", "--data-dir"]).arg(&data).args(args).output().expect("dev token");
+        let out = Command::new(writ_bin())
+            .args(["dev", "token", "--data-dir"])
+            .arg(&data)
+            .args(args)
+            .output()
+            .expect("dev token");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).expect("utf8").trim().to_owned()
     };
     let token = mint(&["--repository", "acme/web", "--ref", "refs/heads/main", "--environment", "production"]);
-    let (status, body) =
-        post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod", "permissions": ["deploy"]}))
-            .await;
+    let (status, body) = post_json(
+        &format!("{}/v1/exchange", server.url),
+        &json!({"token": token, "org": "acme-prod", "permissions": ["deploy"]}),
+    )
+    .await;
     assert_eq!(status, 200, "granted as printed: {body:#}");
 
     let token = mint(&["--repository", "acme/web", "--ref", "refs/pull/7/merge"]);
-    let (status, body) = post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod"})).await;
+    let (status, body) =
+        post_json(&format!("{}/v1/exchange", server.url), &json!({"token": token, "org": "acme-prod"})).await;
     assert_eq!(status, 400, "denied as printed: {body:#}");
     assert!(body["explanation"].is_array(), "acme is named by the policy, so the reason is shown: {body:#}");
 }
@@ -285,7 +308,13 @@ fn policy_test_verifies_a_real_github_token_with_pinned_keys() {
         cmd.output().expect("run")
     };
     let pinned = run(Some("1781377300"));
-    assert_eq!(pinned.status.code(), Some(0), "{}{}", String::from_utf8_lossy(&pinned.stdout), String::from_utf8_lossy(&pinned.stderr));
+    assert_eq!(
+        pinned.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&pinned.stdout),
+        String::from_utf8_lossy(&pinned.stderr)
+    );
     let today = run(None);
     assert_eq!(today.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&today.stderr).contains("expired"), "{}", String::from_utf8_lossy(&today.stderr));

@@ -118,11 +118,8 @@ pub async fn serve(data_dir: &Path, listen: &str) -> anyhow::Result<u8> {
     let config_path = data_dir.join("writ.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = writ_server::config::Config::load(&config_path, &|_| None)?;
-    let state_file = DevState {
-        server_url: config.public_url.clone(),
-        issuer_url: issuer.url(),
-        audience: config.audience.clone(),
-    };
+    let state_file =
+        DevState { server_url: config.public_url.clone(), issuer_url: issuer.url(), audience: config.audience.clone() };
     std::fs::write(data_dir.join(STATE_FILE), serde_json::to_vec_pretty(&state_file)?)?;
 
     let state = writ_server::app::AppState::build(config, writ_server::app::Clock::system()).await?;
@@ -207,7 +204,8 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<u8> {
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!("cannot read {}: start the dev server first with `{} serve --dev`", path.display(), writ_command())
     })?;
-    let state: DevState = serde_json::from_str(&text).with_context(|| format!("{} is damaged; restart the dev server", path.display()))?;
+    let state: DevState = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged; restart the dev server", path.display()))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let mut builder = GitHubClaims::new(&state.issuer_url, &state.audience, &args.repository, now)
         .ref_(&args.git_ref)
@@ -226,9 +224,9 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<u8> {
         let (k, v) = kv.split_once('=').with_context(|| format!("--claim {kv:?}: write NAME=VALUE"))?;
         builder = builder.set(k, serde_json::Value::String(v.to_owned()));
     }
-    let token = mint_at(&state.issuer_url, &builder.build())
-        .await
-        .with_context(|| format!("the fake issuer at {} did not answer; is `writ serve --dev` running?", state.issuer_url))?;
+    let token = mint_at(&state.issuer_url, &builder.build()).await.with_context(|| {
+        format!("the fake issuer at {} did not answer; is `writ serve --dev` running?", state.issuer_url)
+    })?;
     println!("{token}");
     Ok(EXIT_OK)
 }

@@ -77,7 +77,7 @@ enum PolicyCommand {
     Check(policy_cmd::CheckArgs),
     /// Evaluate a policy against a claims file or a real token, offline,
     /// and explain the decision.
-    Test(policy_cmd::TestArgs),
+    Test(Box<policy_cmd::TestArgs>),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         }
         Command::Dev(DevCommand::Token(args)) => run_async(dev::token(args)),
         Command::Policy(PolicyCommand::Check(args)) => policy_cmd::check(args),
-        Command::Policy(PolicyCommand::Test(args)) => run_async(policy_cmd::test(args)),
+        Command::Policy(PolicyCommand::Test(args)) => run_async(policy_cmd::test(*args)),
     };
     match result {
         Ok(code) => ExitCode::from(code),

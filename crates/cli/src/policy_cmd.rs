@@ -54,8 +54,7 @@ pub struct TestArgs {
     /// issuer of that `iss`, else `github`).
     #[arg(long)]
     issuer: Option<String>,
-    /// The `aud` the token must carry (default: the config's server.audience,
-    /// else the token's own).
+    /// The `aud` the token must carry (default: the config's server.audience).
     #[arg(long)]
     audience: Option<String>,
     /// Evaluate at this time (Unix seconds) instead of now; useful for
@@ -112,7 +111,11 @@ fn setup(args: &CatalogueArgs) -> anyhow::Result<Setup> {
 }
 
 fn format_of(path: &Path) -> SourceFormat {
-    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) { SourceFormat::Json } else { SourceFormat::Toml }
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        SourceFormat::Json
+    } else {
+        SourceFormat::Toml
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<String> {
@@ -123,7 +126,9 @@ fn read(path: &Path) -> anyhow::Result<String> {
 pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let setup = setup(&args.catalogue)?;
     if args.catalogue.config.is_none() {
-        eprintln!("note: checking against the built-in catalogue; pass --config to use your server's issuers and permissions");
+        eprintln!(
+            "note: checking against the built-in catalogue; pass --config to use your server's issuers and permissions"
+        );
     }
     let mut failed = false;
     for file in &args.files {
@@ -172,10 +177,7 @@ pub async fn test(args: TestArgs) -> anyhow::Result<u8> {
     };
     let limits = match &setup.config {
         Some(c) => TtlLimits { default: c.tokens.default_ttl, max: c.tokens.max_ttl },
-        None => TtlLimits {
-            default: writ_server::config::DEFAULT_TTL,
-            max: writ_server::config::DEFAULT_MAX_TTL,
-        },
+        None => TtlLimits { default: writ_server::config::DEFAULT_TTL, max: writ_server::config::DEFAULT_MAX_TTL },
     };
     let decision = policy::evaluate(&policy, &claims, &request, &Pins::default(), limits);
     print_decision(&decision, policy.org(), args.json)?;
@@ -186,16 +188,10 @@ pub async fn test(args: TestArgs) -> anyhow::Result<u8> {
 }
 
 fn issuer_kind(name: &str, setup: &Setup) -> anyhow::Result<IssuerKind> {
-    setup
-        .catalogue
-        .issuers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, k)| *k)
-        .with_context(|| {
-            let names: Vec<&str> = setup.catalogue.issuers.iter().map(|(n, _)| n.as_str()).collect();
-            format!("unknown issuer {name:?}; known: {}", names.join(", "))
-        })
+    setup.catalogue.issuers.iter().find(|(n, _)| n == name).map(|(_, k)| *k).with_context(|| {
+        let names: Vec<&str> = setup.catalogue.issuers.iter().map(|(n, _)| n.as_str()).collect();
+        format!("unknown issuer {name:?}; known: {}", names.join(", "))
+    })
 }
 
 fn claims_from_file(path: &Path, args: &TestArgs, setup: &Setup) -> anyhow::Result<VerifiedClaims> {
@@ -229,18 +225,23 @@ async fn claims_from_token(token: &str, args: &TestArgs, setup: &Setup, now: i64
     };
     let algorithms = configured.map(|i| i.algorithms.clone()).unwrap_or_else(|| vec![jsonwebtoken::Algorithm::RS256]);
     let keys: jsonwebtoken::jwk::JwkSet = match &args.jwks {
-        Some(path) => serde_json::from_str(&read(path)?).with_context(|| format!("{} is not a JWKS", path.display()))?,
+        Some(path) => {
+            serde_json::from_str(&read(path)?).with_context(|| format!("{} is not a JWKS", path.display()))?
+        }
         None => fetch_jwks(&url).await?,
     };
     let audience = match (&args.audience, &setup.config) {
         (Some(a), _) => a.clone(),
         (None, Some(c)) => c.audience.clone(),
-        (None, None) => peek.unverified_aud.first().cloned().unwrap_or_default(),
+        (None, None) => bail!("give --audience (the aud your server requires of OIDC tokens) or --config"),
     };
     let spec = IssuerSpec { name, kind, url, algorithms };
     let cfg = VerifyConfig { audience, leeway_secs: 60, max_age_secs: i64::MAX / 4, max_token_bytes: 64 * 1024 };
     writ_core::jwt::verify_oidc(&token, &spec, &keys, &cfg, now).map_err(|e| {
-        anyhow::anyhow!("the token does not verify: {e}{}", if args.now.is_none() { " (for a recorded token, pin the time with --now UNIX_SECONDS)" } else { "" })
+        anyhow::anyhow!(
+            "the token does not verify: {e}{}",
+            if args.now.is_none() { " (for a recorded token, pin the time with --now UNIX_SECONDS)" } else { "" }
+        )
     })
 }
 
@@ -251,7 +252,9 @@ async fn fetch_jwks(issuer: &str) -> anyhow::Result<jsonwebtoken::jwk::JwkSet> {
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .with_context(|| format!("cannot fetch the discovery document of {issuer}; pass --jwks FILE to verify offline"))?
+        .with_context(|| {
+            format!("cannot fetch the discovery document of {issuer}; pass --jwks FILE to verify offline")
+        })?
         .json()
         .await?;
     if discovery.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
@@ -263,7 +266,7 @@ async fn fetch_jwks(issuer: &str) -> anyhow::Result<jsonwebtoken::jwk::JwkSet> {
 
 fn print_decision(decision: &Decision, org: &str, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&policy::decision_json(decision))?);
+        println!("{}", serde_json::to_string_pretty(decision)?);
         return Ok(());
     }
     match decision {
@@ -271,7 +274,10 @@ fn print_decision(decision: &Decision, org: &str, json: bool) -> anyhow::Result<
             println!("GRANTED for org {org} by rule {:?}", g.rule);
             println!("  permissions: {}", g.permissions.join(" "));
             println!("  apps:        {}", if g.apps.is_empty() { "(all)".to_owned() } else { g.apps.join(", ") });
-            println!("  machines:    {}", if g.machines.is_empty() { "(all)".to_owned() } else { g.machines.join(", ") });
+            println!(
+                "  machines:    {}",
+                if g.machines.is_empty() { "(all)".to_owned() } else { g.machines.join(", ") }
+            );
             println!("  ttl:         {}", humantime::format_duration(g.ttl));
             for p in &g.new_pins {
                 println!("  would pin:   {p:?}");

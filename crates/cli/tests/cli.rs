@@ -37,7 +37,8 @@ fn serve_with_a_broken_config_names_the_field() {
 #[test]
 fn dev_token_without_a_dev_server_says_how_to_start_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = writ().args(["dev", "token", "--repository", "acme/web", "--data-dir"]).arg(dir.path()).output().expect("run");
+    let out =
+        writ().args(["dev", "token", "--repository", "acme/web", "--data-dir"]).arg(dir.path()).output().expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("serve --dev"));
 }

@@ -85,11 +85,7 @@ impl VerifiedClaims {
     /// offline `policy test --claims` path, which evaluates a claims file the
     /// operator typed in (no token exists there to verify). Never call it on
     /// the exchange path.
-    pub fn from_trusted_claims_file(
-        issuer_name: &str,
-        issuer_kind: IssuerKind,
-        claims: Map<String, Value>,
-    ) -> Self {
+    pub fn from_trusted_claims_file(issuer_name: &str, issuer_kind: IssuerKind, claims: Map<String, Value>) -> Self {
         let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
         let num = |k: &str| claims.get(k).and_then(Value::as_i64).unwrap_or_default();
         VerifiedClaims {

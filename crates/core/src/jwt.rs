@@ -733,7 +733,8 @@ mod tests {
         let okp = json!({"kty": "OKP", "crv": "Ed25519", "kid": "key-1",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
         for wrong in [ec, oct, okp] {
-            let err = check_with(&token, &jwks(&[wrong.clone()]), &VerifyConfig::new(AUD)).expect_err("wrong kty");
+            let err = check_with(&token, &jwks(std::slice::from_ref(&wrong)), &VerifyConfig::new(AUD))
+                .expect_err("wrong kty");
             assert!(matches!(err, VerifyError::KeyMismatch(_)), "{wrong}: {err}");
             assert!(err.before_signature());
         }

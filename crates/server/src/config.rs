@@ -178,18 +178,14 @@ impl Config {
     /// Reads the file at `path`, applies `WRIT_*` overrides from `env`, and
     /// validates everything.
     pub fn load(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base, env).with_context(|| format!("in config file {}", path.display()))
     }
 
     /// Parses config text; relative paths resolve against `base`.
-    pub fn parse(
-        text: &str,
-        base: &Path,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> anyhow::Result<Config> {
+    pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<Config> {
         let mut raw: RawConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         apply_env(&mut raw, env)?;
         build(raw, base)
@@ -233,10 +229,7 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyho
 
 fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
     let listen: SocketAddr = raw.server.listen.parse().with_context(|| {
-        format!(
-            "server.listen = {:?} is not an address:port such as \"127.0.0.1:8080\"",
-            raw.server.listen
-        )
+        format!("server.listen = {:?} is not an address:port such as \"127.0.0.1:8080\"", raw.server.listen)
     })?;
     let public_url = trim_url("server.public_url", &raw.server.public_url)?;
     check_url_scheme("server.public_url", &public_url)?;
@@ -257,11 +250,8 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
             humantime::format_duration(max_ttl)
         );
     }
-    let tokens = TokenSettings {
-        audience: raw.tokens.audience.unwrap_or_else(|| public_url.clone()),
-        default_ttl,
-        max_ttl,
-    };
+    let tokens =
+        TokenSettings { audience: raw.tokens.audience.unwrap_or_else(|| public_url.clone()), default_ttl, max_ttl };
 
     let storage_url = resolve_storage_url(raw.storage.url.as_deref().unwrap_or("sqlite://writ.db"), base)?;
     let policies_dir = raw.policies.dir.map(|d| base.join(d));
@@ -270,9 +260,7 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
     for (name, description) in raw.permissions {
         check_permission_name(&name)?;
         if name.starts_with("writ:") {
-            bail!(
-                "permissions.{name:?}: names starting with \"writ:\" are reserved for writ's own admin permissions"
-            );
+            bail!("permissions.{name:?}: names starting with \"writ:\" are reserved for writ's own admin permissions");
         }
         permissions.insert(name, description);
     }
@@ -356,7 +344,9 @@ fn check_url_scheme(field: &str, url: &str) -> anyhow::Result<()> {
     match parsed.scheme() {
         "https" => Ok(()),
         "http" if is_loopback(&parsed) => Ok(()),
-        "http" => bail!("{field} = {url:?} must use https (plain http is allowed only for 127.0.0.1, [::1] and localhost)"),
+        "http" => {
+            bail!("{field} = {url:?} must use https (plain http is allowed only for 127.0.0.1, [::1] and localhost)")
+        }
         other => bail!("{field} = {url:?} has scheme {other:?}; use https"),
     }
 }

@@ -184,7 +184,8 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     match state.store.record_exchange(record).await {
         Ok(()) => {}
         Err(StorageError::Replay) => {
-            let description = "this OIDC token was already exchanged; request a fresh one (each token is accepted once)";
+            let description =
+                "this OIDC token was already exchanged; request a fresh one (each token is accepted once)";
             deny(&mut audit, "invalid_grant", json!([{"replay": claims.jti()}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
@@ -248,7 +249,9 @@ pub fn verify_error(e: &VerifyError) -> ApiError {
 
 fn validate_input(input: &ExchangeInput) -> Result<(), ApiError> {
     if input.subject_token.is_empty() {
-        return Err(ApiError::invalid_request("the OIDC token is missing; send it as \"token\" (or subject_token on /oauth/token)"));
+        return Err(ApiError::invalid_request(
+            "the OIDC token is missing; send it as \"token\" (or subject_token on /oauth/token)",
+        ));
     }
     if input.org.is_empty() {
         return Err(ApiError::invalid_request("the org is missing; send it as \"org\" (or audience on /oauth/token)"));
@@ -299,8 +302,12 @@ fn deny(audit: &mut AuditRecord, code: &str, explanation: serde_json::Value) {
 /// repository and owner (GitHub), the project and namespace (GitLab).
 fn pin_keys(claims: &VerifiedClaims) -> Vec<(PinKind, String)> {
     let pairs: &[(PinKind, &str)] = match claims.issuer_kind() {
-        writ_core::issuer::IssuerKind::GitHub => &[(PinKind::Repository, "repository"), (PinKind::Owner, "repository_owner")],
-        writ_core::issuer::IssuerKind::GitLab => &[(PinKind::Project, "project_path"), (PinKind::Namespace, "namespace_path")],
+        writ_core::issuer::IssuerKind::GitHub => {
+            &[(PinKind::Repository, "repository"), (PinKind::Owner, "repository_owner")]
+        }
+        writ_core::issuer::IssuerKind::GitLab => {
+            &[(PinKind::Project, "project_path"), (PinKind::Namespace, "namespace_path")]
+        }
         writ_core::issuer::IssuerKind::Generic => &[],
     };
     pairs.iter().filter_map(|(kind, claim)| claims.get_str(claim).map(|name| (*kind, name.to_lowercase()))).collect()

@@ -89,8 +89,7 @@ pub fn compile(
     let parsed = policy::parse(source, format)
         .map_err(|e| PolicyRejected { origin: origin.to_owned(), diagnostics: e.diagnostics })?;
     let diagnostics = policy::lint(&parsed, &catalogue.lint_context());
-    let (errors, warnings): (Vec<_>, Vec<_>) =
-        diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
     if !errors.is_empty() {
         return Err(PolicyRejected { origin: origin.to_owned(), diagnostics: errors });
     }
@@ -141,7 +140,9 @@ impl PolicySet {
                 stored.org.clone(),
                 LoadedPolicy { policy, version: stored.version, managed_by: stored.managed_by },
             ),
-            Err(e) => tracing::error!(org = %stored.org, "policy no longer valid, org gets no tokens until fixed:\n{e}"),
+            Err(e) => {
+                tracing::error!(org = %stored.org, "policy no longer valid, org gets no tokens until fixed:\n{e}")
+            }
         }
     }
 

@@ -32,12 +32,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let request_id = parts
-            .headers
-            .get(REQUEST_ID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let request_id =
+            parts.headers.get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
         let client_addr = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string());
         Ok(Caller(CallerInfo { request_id, client_addr }))
     }
@@ -79,8 +75,9 @@ impl Ttl {
     fn parse(&self) -> Result<Duration, ApiError> {
         match self {
             Ttl::Seconds(s) => Ok(Duration::from_secs(*s)),
-            Ttl::Text(t) => humantime::parse_duration(t)
-                .map_err(|_| ApiError::invalid_request(format!("ttl {t:?} is not a duration; write e.g. \"10m\" or 600"))),
+            Ttl::Text(t) => humantime::parse_duration(t).map_err(|_| {
+                ApiError::invalid_request(format!("ttl {t:?} is not a duration; write e.g. \"10m\" or 600"))
+            }),
         }
     }
 }
@@ -256,7 +253,11 @@ impl TokenForm {
                     "grant_type {other:?} is not supported; use {GRANT_TYPE_TOKEN_EXCHANGE}"
                 )));
             }
-            None => return Err(ApiError::invalid_request(format!("grant_type is missing; use {GRANT_TYPE_TOKEN_EXCHANGE}"))),
+            None => {
+                return Err(ApiError::invalid_request(format!(
+                    "grant_type is missing; use {GRANT_TYPE_TOKEN_EXCHANGE}"
+                )));
+            }
         }
         let subject_token = self
             .subject_token
@@ -310,17 +311,16 @@ impl TokenForm {
                 ));
             }
         }
-        let org = org.ok_or_else(|| ApiError::invalid_request("audience is missing: name the org (audience=acme-prod)"))?;
-        let permissions = self
-            .scope
-            .map(|s| s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect())
-            .unwrap_or_default();
+        let org =
+            org.ok_or_else(|| ApiError::invalid_request("audience is missing: name the org (audience=acme-prod)"))?;
+        let permissions =
+            self.scope.map(|s| s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
         let ttl = self
             .ttl
             .map(|t| {
-                humantime::parse_duration(&t)
-                    .or_else(|_| t.parse::<u64>().map(Duration::from_secs))
-                    .map_err(|_| ApiError::invalid_request(format!("ttl {t:?} is not a duration; write e.g. 10m or 600")))
+                humantime::parse_duration(&t).or_else(|_| t.parse::<u64>().map(Duration::from_secs)).map_err(|_| {
+                    ApiError::invalid_request(format!("ttl {t:?} is not a duration; write e.g. 10m or 600"))
+                })
             })
             .transpose()?;
         Ok(ExchangeInput { subject_token, org, permissions, apps, machines, ttl })
@@ -352,9 +352,7 @@ pub async fn openid_configuration(State(state): State<AppState>) -> Response {
 /// pre-published before it signs.
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.keyring.jwks_at(state.clock.now())).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public, max-age=300"));
     response
 }
 

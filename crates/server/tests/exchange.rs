@@ -27,7 +27,8 @@ fn assert_refused(status: StatusCode, body: &Value, code: &str, needle: &str) {
 async fn production_deploy_job_gets_a_scoped_token_that_verifies() {
     let h = prod_and_staging().await;
     let token = h.github("acme/web").environment("production").build();
-    let (status, body) = h.exchange(json!({"token": h.issuer.mint(&token), "org": "acme-prod", "permissions": ["deploy"]})).await;
+    let (status, body) =
+        h.exchange(json!({"token": h.issuer.mint(&token), "org": "acme-prod", "permissions": ["deploy"]})).await;
     assert_eq!(status, StatusCode::OK, "{body:#}");
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["org"], "acme-prod");
@@ -100,7 +101,10 @@ async fn rfc8693_form_errors_name_the_bad_parameter() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"] == "unsupported_grant_type" || body["error"] == "invalid_request", "{body:#}");
     let (_, body) = h
-        .post_form("/oauth/token", "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=x")
+        .post_form(
+            "/oauth/token",
+            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=x",
+        )
         .await;
     assert_eq!(body["error"], "invalid_request");
     assert!(body["error_description"].as_str().expect("text").contains("subject_token_type"), "{body:#}");
@@ -166,7 +170,9 @@ async fn unknown_kids_within_the_cooldown_fetch_keys_once() {
 #[tokio::test]
 async fn issuer_with_trailing_slash_or_lookalike_prefix_is_unknown() {
     let h = prod_and_staging().await;
-    for iss in [format!("{}/", h.issuer.url()), format!("{}.evil.example", h.issuer.url()), format!("{}/acme", h.issuer.url())] {
+    for iss in
+        [format!("{}/", h.issuer.url()), format!("{}.evil.example", h.issuer.url()), format!("{}/acme", h.issuer.url())]
+    {
         let claims = h.github("acme/web").environment("production").set("iss", json!(iss)).build();
         let (status, body) = h.exchange(json!({"token": h.issuer.mint(&claims), "org": "acme-prod"})).await;
         assert_refused(status, &body, "invalid_grant", "invalid token");
@@ -192,7 +198,10 @@ async fn time_checks_refuse_expired_future_and_old_tokens() {
         ("expired", h.github("acme/web").environment("production").iat(now - 400).nbf(now - 400).exp(now - 61).build()),
         ("not_yet_valid", h.github("acme/web").environment("production").nbf(now + 120).build()),
         ("future", h.github("acme/web").environment("production").iat(now + 120).build()),
-        ("too_old", h.github("acme/web").environment("production").iat(now - 7200).nbf(now - 7200).exp(now + 60).build()),
+        (
+            "too_old",
+            h.github("acme/web").environment("production").iat(now - 7200).nbf(now - 7200).exp(now + 60).build(),
+        ),
     ];
     for (what, claims) in cases {
         let (status, body) = h.exchange(json!({"token": h.issuer.mint(&claims), "org": "acme-prod"})).await;
@@ -218,8 +227,7 @@ async fn missing_jti_or_exp_is_refused() {
 #[tokio::test]
 async fn oversize_token_and_body_are_refused_in_the_error_shape() {
     let h = prod_and_staging().await;
-    let claims =
-        h.github("acme/web").environment("production").set("padding", json!("x".repeat(20 * 1024))).build();
+    let claims = h.github("acme/web").environment("production").set("padding", json!("x".repeat(20 * 1024))).build();
     let (status, body) = h.exchange(json!({"token": h.issuer.mint(&claims), "org": "acme-prod"})).await;
     assert_refused(status, &body, "invalid_grant", "invalid token");
 
@@ -415,7 +423,8 @@ async fn story_a_metrics_only_token_for_grafana() {
 async fn apps_outside_the_rule_are_an_invalid_target() {
     let h = prod_and_staging().await;
     let claims = h.github("acme/web").environment("production").build();
-    let (status, body) = h.exchange(json!({"token": h.issuer.mint(&claims), "org": "acme-prod", "apps": ["billing"]})).await;
+    let (status, body) =
+        h.exchange(json!({"token": h.issuer.mint(&claims), "org": "acme-prod", "apps": ["billing"]})).await;
     assert_refused(status, &body, "invalid_target", "billing");
 }
 

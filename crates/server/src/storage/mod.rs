@@ -234,12 +234,23 @@ pub struct Pin {
 impl Pin {
     /// The evaluator's view of this pin.
     pub fn to_core(&self) -> writ_core::policy::Pin {
-        writ_core::policy::Pin { issuer: self.issuer.clone(), kind: self.kind, name: self.name.clone(), id: self.id.clone() }
+        writ_core::policy::Pin {
+            issuer: self.issuer.clone(),
+            kind: self.kind,
+            name: self.name.clone(),
+            id: self.id.clone(),
+        }
     }
 
     /// A pin to record for a name the evaluator saw without one.
     pub fn from_core(pin: &writ_core::policy::Pin, now: i64) -> Pin {
-        Pin { issuer: pin.issuer.clone(), kind: pin.kind, name: pin.name.to_lowercase(), id: pin.id.clone(), created_at: now }
+        Pin {
+            issuer: pin.issuer.clone(),
+            kind: pin.kind,
+            name: pin.name.to_lowercase(),
+            id: pin.id.clone(),
+            created_at: now,
+        }
     }
 }
 
