@@ -5,7 +5,8 @@
 //   1. WRIT_ACTION_BIN, when it names an executable file (self-hosted runners
 //      with writ-action preinstalled; tests);
 //   2. the release asset for this runner's OS and architecture, downloaded
-//      from the release named in action/checksums.txt and checked against the
+//      (from $GITHUB_SERVER_URL) from the release named in action/checksums.txt
+//      and checked against the
 //      SHA-256 sum committed there (a mismatch stops the job; an asset without
 //      a committed sum is never used);
 //   3. a build from source: `cargo build --release -p writ-action` in the
@@ -142,7 +143,9 @@ async function releaseBinary() {
   }
   fs.mkdirSync(dir, { recursive: true });
   const partial = `${target}.${process.pid}.partial`;
-  const url = `https://github.com/${repo}/releases/download/${encodeURIComponent(release)}/${asset}`;
+  // GITHUB_SERVER_URL: github.com, or the GitHub Enterprise Server the run is on.
+  const server = (process.env.GITHUB_SERVER_URL || 'https://github.com').replace(/\/+$/, '');
+  const url = `${server}/${repo}/releases/download/${encodeURIComponent(release)}/${asset}`;
   try {
     log(`downloading ${url}`);
     await download(url, partial);

@@ -23,6 +23,11 @@ use crate::{routes, storage};
 /// How long a request may take end to end before the server gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest total size of a request's headers. Real clients send well under
+/// 2 KiB; the cap keeps a flood of huge headers from costing memory before
+/// any handler runs.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
 /// How often expired replay records are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -176,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::readyz))
         .fallback(routes::not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn(limit_headers))
         .layer(axum::middleware::from_fn(finish_errors))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(TimeoutLayer::with_status_code(http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -186,6 +192,16 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION, http::header::COOKIE]))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`]
+/// with 431, in the one error shape (`finish_errors` renders it).
+async fn limit_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if size > MAX_HEADER_BYTES {
+        return axum::response::IntoResponse::into_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+    next.run(request).await
 }
 
 /// Binds the configured address and serves until Ctrl-C / SIGTERM.

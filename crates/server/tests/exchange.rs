@@ -239,6 +239,19 @@ async fn oversize_token_and_body_are_refused_in_the_error_shape() {
 }
 
 #[tokio::test]
+async fn oversize_headers_are_refused_in_the_error_shape() {
+    let h = prod_and_staging().await;
+    let request = http::Request::post("/v1/exchange")
+        .header("content-type", "application/json")
+        .header("x-filler", "y".repeat(20 * 1024))
+        .body(axum::body::Body::from("{}"))
+        .expect("request");
+    let (status, body) = h.send(request).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "{body:#}");
+    assert_eq!(body["error"], "invalid_request");
+}
+
+#[tokio::test]
 async fn malformed_requests_get_clear_errors() {
     let h = prod_and_staging().await;
     let (status, body) = h.post_raw("/v1/exchange", "application/json", "{not json").await;

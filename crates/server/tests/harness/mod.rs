@@ -144,7 +144,7 @@ url = "{}"
         self.send(Request::get(path).body(Body::empty()).expect("request")).await
     }
 
-    async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
+    pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {
         let response = self.router.clone().oneshot(request).await.expect("infallible");
         let status = response.status();
         assert!(response.headers().contains_key("x-request-id"), "every response carries a request id");
