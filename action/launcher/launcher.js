@@ -5,10 +5,9 @@
 //   1. WRIT_ACTION_BIN, when it names an executable file (self-hosted runners
 //      with writ-action preinstalled; tests);
 //   2. the release asset for this runner's OS and architecture, downloaded
-//      (from $GITHUB_SERVER_URL) from the release named in action/checksums.txt
-//      and checked against the
-//      SHA-256 sum committed there (a mismatch stops the job; an asset without
-//      a committed sum is never used);
+//      from the release named in action/checksums.txt (on $GITHUB_SERVER_URL)
+//      and checked against the SHA-256 sum committed there (a mismatch stops
+//      the job; an asset without a committed sum is never downloaded);
 //   3. a build from source: `cargo build --release -p writ-action` in the
 //      action's directory.
 // Then it runs `writ-action main` or `writ-action post` with the same

@@ -93,6 +93,10 @@ permissions = ["deploy", "logs:read"]
 apps = ["web"]
 "#;
 
+/// The platform API's credentials for `POST /oauth/introspect`. TEST-ONLY.
+const INTROSPECTION_CLIENT: &str = "platform";
+const INTROSPECTION_SECRET: &str = "writ-test-introspection-secret";
+
 async fn serve_with_config(issuer: &FakeIssuer, dir: &Path) -> Server {
     let port = free_port();
     std::fs::create_dir_all(dir.join("policies")).expect("mkdir");
@@ -115,8 +119,12 @@ deploy = "Deploy"
 name = "github"
 kind = "github"
 url = "{}"
+[[introspection.clients]]
+id = "{INTROSPECTION_CLIENT}"
+secret_hash = "sha256:{}"
 "#,
-        issuer.url()
+        issuer.url(),
+        sha256_hex(INTROSPECTION_SECRET.as_bytes())
     );
     let path = dir.join("writ.toml");
     std::fs::write(&path, config).expect("config");
@@ -611,6 +619,7 @@ async fn the_action_delivers_a_masked_token_and_the_post_step_revokes_it() {
     assert!(!main.summary.contains(&token) && !main.summary.contains(&oidc[0]), "no token in the summary");
 
     // Post: revokes the token it was handed through the state.
+    assert!(introspect_active(&world, &token).await, "the token works until the post step");
     let post = job.step(Phase::Post, &with, &main.state).await;
     assert_eq!(post.code, Some(0), "{}", post.log());
     assert_masked_first(&post, &token, "writ token (post)");
@@ -619,50 +628,25 @@ async fn the_action_delivers_a_masked_token_and_the_post_step_revokes_it() {
     let form = &revokes[0].body;
     assert!(form.contains(&format!("token={token}")), "the token is revoked: {form}");
     assert!(form.contains("token_type_hint=access_token"), "{form}");
-    match revokes[0].status {
-        200 => {
-            assert!(post.stdout.contains("writ: revoked the token"), "{}", post.log());
-            assert!(!post.stdout.contains("::warning"), "{}", post.log());
-            assert_revoked_token_is_refused(&world, &token).await;
-        }
-        404 | 405 => {
-            // The server has no /oauth/revoke yet: a warning, not a failure.
-            let warning = annotation(&post.stdout, "::warning title=writ could not revoke the token::")
-                .unwrap_or_else(|| panic!("warning expected\n{}", post.log()));
-            assert!(warning.contains("no revocation endpoint"), "{warning}");
-            eprintln!(
-                "note: the server answered {} to /oauth/revoke; revocation itself not asserted",
-                revokes[0].status
-            );
-        }
-        other => panic!("unexpected answer {other} to /oauth/revoke\n{}", post.log()),
-    }
+    assert_eq!(revokes[0].status, 200, "RFC 7009: 200\n{}", post.log());
+    assert!(post.stdout.contains("writ: revoked the token"), "{}", post.log());
+    assert!(!post.stdout.contains("::warning"), "{}", post.log());
+    assert!(!introspect_active(&world, &token).await, "the revoked token is refused afterwards");
 }
 
-/// After a revocation the token must be refused, where the server offers a
-/// way to ask: RFC 7662 introspection. Without that endpoint (404/405),
-/// there is nothing to ask and the check is skipped with a note.
-async fn assert_revoked_token_is_refused(world: &World, token: &str) {
+/// Whether the server considers `token` active, asked as a platform API
+/// would: RFC 7662 introspection with the resource server's credentials.
+async fn introspect_active(world: &World, token: &str) -> bool {
     let answer = reqwest::Client::new()
         .post(format!("{}/oauth/introspect", world.server.url))
-        .bearer_auth(token)
-        .form(&[("token", token), ("token_type_hint", "access_token")])
+        .basic_auth(INTROSPECTION_CLIENT, Some(INTROSPECTION_SECRET))
+        .form(&[("token", token)])
         .send()
         .await
         .expect("introspect request");
-    match answer.status().as_u16() {
-        200 => {
-            let body: Value = answer.json().await.expect("introspection JSON");
-            assert_eq!(body["active"], json!(false), "a revoked token is inactive: {body}");
-        }
-        404 | 405 => {
-            eprintln!("note: the server has no /oauth/introspect; the revoked token's refusal is not asserted")
-        }
-        401 | 403 => {
-            eprintln!("note: /oauth/introspect needs other credentials; the revoked token's refusal is not asserted")
-        }
-        other => panic!("unexpected answer {other} from /oauth/introspect"),
-    }
+    assert_eq!(answer.status().as_u16(), 200, "introspection answers");
+    let body: Value = answer.json().await.expect("introspection JSON");
+    body["active"].as_bool().unwrap_or_else(|| panic!("`active` in {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,6 +685,15 @@ async fn transient_failures_are_retried_with_a_fresh_oidc_token() {
     assert_eq!(world.issuer.actions_token_hits(), 3);
     // An explicit `audience` input: no discovery request.
     assert!(world.proxy.seen_at("GET", "/v1/audience").is_empty());
+
+    // A server without revocation (404): the post step warns, the job passes.
+    world.proxy.inject(Fault { path: "/oauth/revoke", status: 404, body: "", retry_after: None, times: None });
+    let post = job.step(Phase::Post, &with, &main.state).await;
+    assert_eq!(post.code, Some(0), "{}", post.log());
+    let warning = annotation(&post.stdout, "::warning title=writ could not revoke the token::")
+        .unwrap_or_else(|| panic!("a warning\n{}", post.log()));
+    assert!(warning.contains("no revocation endpoint") && warning.contains("expires at"), "{warning}");
+    assert_eq!(world.proxy.seen_at("POST", "/oauth/revoke").len(), 1, "a 404 is not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -849,4 +842,127 @@ async fn other_ci_systems_exchange_a_token_from_an_env_var_a_file_or_stdin() {
     assert!(out.stdout.is_empty(), "no token on stdout");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("writ denied the exchange") && stderr.contains("environment"), "{stderr}");
+}
+
+/// A release as the launcher finds it: `action/checksums.txt` next to a copy
+/// of the launcher, and the asset served at
+/// `$GITHUB_SERVER_URL/<repo>/releases/download/<tag>/<asset>`.
+struct Release {
+    root: tempfile::TempDir,
+    server_url: String,
+    downloads: Arc<Mutex<usize>>,
+}
+
+impl Release {
+    async fn publish(asset_bytes: Vec<u8>) -> Release {
+        let root = tempfile::tempdir().expect("action root");
+        let launcher = root.path().join("action/launcher");
+        std::fs::create_dir_all(&launcher).expect("mkdir");
+        for script in ["launcher.js", "main.js", "post.js"] {
+            std::fs::copy(repo_root().join("action/launcher").join(script), launcher.join(script))
+                .expect("copy launcher");
+        }
+        let downloads = Arc::new(Mutex::new(0usize));
+        let counter = downloads.clone();
+        let path = format!("/acme/writ/releases/download/v9.9.9/{}", release_asset_name());
+        let app = axum::Router::new().route(
+            &path,
+            axum::routing::get(move || {
+                let counter = counter.clone();
+                let bytes = asset_bytes.clone();
+                async move {
+                    *counter.lock().expect("counter") += 1;
+                    bytes
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server_url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Release { root, server_url, downloads }
+    }
+
+    fn commit_checksums(&self, sum: Option<&str>) {
+        let mut text = "# test release\nrelease v9.9.9\nrepository acme/writ\n".to_owned();
+        if let Some(sum) = sum {
+            text.push_str(&format!("{sum}  {}\n", release_asset_name()));
+        }
+        std::fs::write(self.root.path().join("action/checksums.txt"), text).expect("checksums");
+    }
+
+    /// Runs the copied launcher's main step without WRIT_ACTION_BIN, in a
+    /// job without an OIDC token (so a binary that runs prints its fix-it
+    /// message and makes no network call).
+    async fn run_main(&self) -> std::process::Output {
+        let job = Job::new(None);
+        let mut command = Command::new("node");
+        command.arg(self.root.path().join("action/launcher/main.js")).env_clear();
+        if let Some(path) = std::env::var_os("PATH") {
+            command.env("PATH", path);
+        }
+        for (name, value) in job.env.iter().filter(|(k, _)| k != "WRIT_ACTION_BIN") {
+            command.env(name, value);
+        }
+        command
+            .env("GITHUB_SERVER_URL", &self.server_url)
+            .env("RUNNER_TOOL_CACHE", job.dir.path().join("tool-cache"))
+            .env("INPUT_SERVER", "https://writ.example.com")
+            .env("INPUT_ORG", "acme-prod");
+        tokio::task::spawn_blocking(move || command.output()).await.expect("join").expect("run node")
+    }
+}
+
+fn release_asset_name() -> String {
+    let os = match runner_os() {
+        "macOS" => "macos",
+        "Windows" => "windows",
+        _ => "linux",
+    };
+    let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "x64" };
+    format!("writ-action-{os}-{arch}{}", if os == "windows" { ".exe" } else { "" })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_launcher_runs_a_release_binary_only_when_its_committed_checksum_matches() {
+    if !node_available() {
+        eprintln!("node is not installed: the launcher's download path is not exercised");
+        return;
+    }
+    let binary = std::fs::read(writ_action_bin()).expect("read writ-action");
+    let fix_it = "::error title=writ cannot get an OIDC token::";
+    let refused = "::error title=writ could not start::";
+
+    // The committed sum matches: downloaded once, verified, run.
+    let release = Release::publish(binary.clone()).await;
+    release.commit_checksums(Some(&sha256_hex(&binary)));
+    let out = release.run_main().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(fix_it), "the downloaded binary ran: {stdout}");
+    assert_eq!(*release.downloads.lock().expect("count"), 1);
+
+    // A different binary behind the same name: refused, never run.
+    let tampered = Release::publish([binary.as_slice(), b"tampered"].concat()).await;
+    tampered.commit_checksums(Some(&sha256_hex(&binary)));
+    let out = tampered.run_main().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    let message = annotation(&stdout, refused).unwrap_or_else(|| panic!("refusal expected: {stdout}"));
+    assert!(message.contains("Refusing to run it"), "{message}");
+    assert!(!stdout.contains(fix_it), "the tampered binary did not run: {stdout}");
+
+    // No committed sum: nothing is downloaded (the launcher would build from
+    // source; this copy has no sources, so that fails).
+    let unsummed = Release::publish(binary).await;
+    unsummed.commit_checksums(None);
+    let out = unsummed.run_main().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout.contains("no committed checksum"), "{stdout}");
+    assert!(annotation(&stdout, refused).is_some(), "{stdout}");
+    assert_eq!(*unsummed.downloads.lock().expect("count"), 0, "no unverified download");
 }

@@ -7,5 +7,6 @@
 pub mod claims;
 pub mod issuer;
 pub mod jwt;
+pub mod narrow;
 pub mod policy;
 pub mod token;

@@ -54,6 +54,11 @@ pub struct WritClaims {
     pub machines: Option<Vec<String>>,
     /// Where the CI job that obtained the token came from.
     pub ci: CiProvenance,
+    /// The `jti` of the writ token this one was narrowed from; absent on a
+    /// token obtained by OIDC exchange. Revoking the parent revokes this
+    /// token too (the server follows the chain, transitively).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl WritClaims {
@@ -249,6 +254,148 @@ pub fn ed25519_public_jwk(kid: &str, public_key_bytes: &[u8]) -> serde_json::Val
     })
 }
 
+/// Permissions whose names start with this prefix govern writ itself
+/// (`writ:policy:write`, …). A token carries either only these, with
+/// writ's admin audience, or none of them, with the platform's audience:
+/// the two kinds never mix, so a platform that receives a deploy token can
+/// never replay it against writ's admin API.
+pub const ADMIN_PERMISSION_PREFIX: &str = "writ:";
+
+/// True for writ's own admin permissions.
+pub fn is_admin_permission(permission: &str) -> bool {
+    permission.starts_with(ADMIN_PERMISSION_PREFIX)
+}
+
+/// What a writ token must satisfy besides its signature.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenCheck<'a> {
+    /// The `iss` writ stamps on its tokens (its public URL).
+    pub issuer: &'a str,
+    /// Audiences accepted here; the token's `aud` must be one of them.
+    pub audiences: &'a [&'a str],
+    /// Clock-skew allowance on `exp` and `nbf`, seconds. The server checks
+    /// its own tokens against its own clock and passes 0.
+    pub leeway_secs: i64,
+    /// Largest accepted token, bytes; checked before anything is decoded.
+    pub max_token_bytes: usize,
+}
+
+/// Why a writ token was refused: one variant per failed check. Messages
+/// never contain values read from the unverified token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Longer than [`TokenCheck::max_token_bytes`].
+    #[error("token is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Size of the presented token.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// Not a compact JWS with JSON header and writ claims.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// The header's `typ` is not `at+jwt`: an ID token or another JWT.
+    #[error("token is not a writ access token (typ is not at+jwt)")]
+    WrongType,
+    /// The header's `alg` is not EdDSA, or it lists `crit` extensions.
+    #[error("token algorithm is not EdDSA")]
+    Algorithm,
+    /// No published key has the token's `kid`.
+    #[error("token names no signing key of this server")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("token signature does not verify")]
+    Signature,
+    /// Signed by writ, but `iss` is another writ deployment's URL.
+    #[error("token was issued by another server")]
+    Issuer,
+    /// `aud` is none of the accepted audiences.
+    #[error("token is for another audience")]
+    Audience,
+    /// `exp` has passed.
+    #[error("token has expired")]
+    Expired,
+    /// `nbf` lies in the future.
+    #[error("token is not valid yet")]
+    NotYetValid,
+}
+
+#[derive(Deserialize)]
+struct UnverifiedHeader {
+    alg: String,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
+}
+
+/// Verifies one of writ's own tokens: header (`alg` EdDSA, `typ` at+jwt,
+/// no `crit`), Ed25519 signature with the public key `public_key(kid)`
+/// returns, then `iss`, `aud`, `exp` and `nbf` against `now`. Pure: the
+/// keys and the time are parameters. Revocation is the caller's business
+/// (it needs storage).
+///
+/// The `kid` read from the header before the signature verifies is used
+/// only to pick the key; nothing else from the token is trusted until then.
+pub fn verify(
+    token: &str,
+    public_key: impl Fn(&str) -> Option<Vec<u8>>,
+    check: &TokenCheck<'_>,
+    now: i64,
+) -> Result<WritClaims, TokenError> {
+    if token.len() > check.max_token_bytes {
+        return Err(TokenError::TooLarge { len: token.len(), max: check.max_token_bytes });
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed("not three dot-separated parts"));
+    };
+    let header_bytes =
+        URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| TokenError::Malformed("header is not base64url"))?;
+    let unverified_header: UnverifiedHeader =
+        serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed("header is not a JOSE header"))?;
+    let typ_ok = unverified_header
+        .typ
+        .as_deref()
+        .is_some_and(|t| t.eq_ignore_ascii_case(TOKEN_TYPE) || t.eq_ignore_ascii_case("application/at+jwt"));
+    if !typ_ok {
+        return Err(TokenError::WrongType);
+    }
+    if unverified_header.alg != SIGNING_ALGORITHM || unverified_header.crit.is_some() {
+        return Err(TokenError::Algorithm);
+    }
+    let unverified_kid = unverified_header.kid.ok_or(TokenError::UnknownKey)?;
+    let key = public_key(&unverified_kid).ok_or(TokenError::UnknownKey)?;
+    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Signature)?;
+    let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &key)
+        .verify(signing_input.as_bytes(), &signature)
+        .map_err(|_| TokenError::Signature)?;
+    // The signature covers the payload: from here on the claims are writ's.
+    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+    let claims: WritClaims =
+        serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed("claims are not writ token claims"))?;
+    if claims.iss != check.issuer {
+        return Err(TokenError::Issuer);
+    }
+    if !check.audiences.contains(&claims.aud.as_str()) {
+        return Err(TokenError::Audience);
+    }
+    let leeway = check.leeway_secs.max(0);
+    if now >= claims.exp.saturating_add(leeway) {
+        return Err(TokenError::Expired);
+    }
+    if claims.nbf > now.saturating_add(leeway) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(claims)
+}
+
 #[cfg(test)]
 mod tests {
     use aws_lc_rs::rand::SystemRandom;
@@ -287,6 +434,7 @@ mod tests {
                 run_id: Some("42".into()),
                 ..CiProvenance::default()
             },
+            parent: None,
         }
     }
 
@@ -367,6 +515,72 @@ mod tests {
                 "kid": "kid-9", "alg": "EdDSA", "use": "sig"
             })
         );
+    }
+
+    fn check<'a>(auds: &'a [&'a str]) -> TokenCheck<'a> {
+        TokenCheck { issuer: "https://writ.example.com", audiences: auds, leeway_secs: 0, max_token_bytes: 16 * 1024 }
+    }
+
+    fn keys_of(key: &SigningKey) -> impl Fn(&str) -> Option<Vec<u8>> + '_ {
+        move |kid: &str| (kid == key.kid()).then(|| key.public_key_bytes().to_vec())
+    }
+
+    #[test]
+    fn verify_accepts_a_minted_token_and_checks_each_claim() {
+        let key = new_key("k");
+        let token = mint(&claims(), &key).expect("mint");
+        let auds = ["https://api.platform.example"];
+        let now = 1_900_000_100;
+        assert_eq!(verify(&token, keys_of(&key), &check(&auds), now).expect("valid"), claims());
+
+        assert_eq!(verify(&token, keys_of(&key), &check(&["other"]), now), Err(TokenError::Audience));
+        let mut other_iss = check(&auds);
+        other_iss.issuer = "https://elsewhere";
+        assert_eq!(verify(&token, keys_of(&key), &other_iss, now), Err(TokenError::Issuer));
+        assert_eq!(verify(&token, keys_of(&key), &check(&auds), 4_000_000_000), Err(TokenError::Expired));
+        assert_eq!(verify(&token, keys_of(&key), &check(&auds), 1_800_000_000), Err(TokenError::NotYetValid));
+        assert_eq!(verify(&token, |_| None, &check(&auds), now), Err(TokenError::UnknownKey));
+        let other = new_key("k");
+        assert_eq!(verify(&token, keys_of(&other), &check(&auds), now), Err(TokenError::Signature));
+    }
+
+    #[test]
+    fn verify_refuses_tampering_and_foreign_headers() {
+        let key = new_key("k");
+        let auds = ["https://api.platform.example"];
+        let now = 1_900_000_100;
+        let token = mint(&claims(), &key).expect("mint");
+        let parts: Vec<&str> = token.split('.').collect();
+
+        let mut wider = claims();
+        wider.scope = "deploy logs:read admin".into();
+        let forged =
+            format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(serde_json::to_vec(&wider).expect("json")), parts[2]);
+        assert_eq!(verify(&forged, keys_of(&key), &check(&auds), now), Err(TokenError::Signature));
+
+        let header =
+            |h: serde_json::Value| format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(h.to_string()), parts[1], parts[2]);
+        let id_token = header(json!({"alg": "EdDSA", "typ": "JWT", "kid": "k"}));
+        assert_eq!(verify(&id_token, keys_of(&key), &check(&auds), now), Err(TokenError::WrongType));
+        let hmac = header(json!({"alg": "HS256", "typ": "at+jwt", "kid": "k"}));
+        assert_eq!(verify(&hmac, keys_of(&key), &check(&auds), now), Err(TokenError::Algorithm));
+        let crit = header(json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k", "crit": ["exp"]}));
+        assert_eq!(verify(&crit, keys_of(&key), &check(&auds), now), Err(TokenError::Algorithm));
+        assert!(matches!(verify("a.b", keys_of(&key), &check(&auds), now), Err(TokenError::Malformed(_))));
+        let mut small = check(&auds);
+        small.max_token_bytes = 10;
+        assert!(matches!(verify(&token, keys_of(&key), &small, now), Err(TokenError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn parent_claim_round_trips_and_is_omitted_when_absent() {
+        let mut c = claims();
+        assert!(serde_json::to_value(&c).expect("json").get("parent").is_none());
+        c.parent = Some("parent-jti".into());
+        let key = new_key("k");
+        let token = mint(&c, &key).expect("mint");
+        let got = verify(&token, keys_of(&key), &check(&["https://api.platform.example"]), 1_900_000_100).expect("ok");
+        assert_eq!(got.parent.as_deref(), Some("parent-jti"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::oidc::{FetchLimits, IssuerEntry, Issuers, KeySource};
 use crate::policies::{Catalogue, PolicySet};
 use crate::signing::{Keyring, KeyringConfig};
 use crate::storage::Storage;
-use crate::{routes, storage};
+use crate::{admin, revocation, routes, storage};
 
 /// How long a request may take end to end before the server gives up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,6 +159,11 @@ impl AppState {
                 if let Err(e) = store.purge_expired(clock.now()).await {
                     tracing::warn!("purging expired replay records failed: {e}");
                 }
+                // Revocations of expired tokens: an expired token is
+                // refused anyway, and the feed stays small.
+                if let Err(e) = store.purge_revocations(clock.now()).await {
+                    tracing::warn!("purging revocations of expired tokens failed: {e}");
+                }
             }
         });
         let issuers = self.issuers.clone();
@@ -177,6 +182,15 @@ pub fn router(state: AppState) -> Router {
         .route("/.well-known/openid-configuration", get(routes::openid_configuration))
         .route("/.well-known/jwks.json", get(routes::jwks))
         .route("/v1/audience", get(routes::audience))
+        .route("/oauth/revoke", post(revocation::oauth_revoke))
+        .route("/oauth/introspect", post(revocation::introspect))
+        .route("/v1/revocations", get(revocation::feed))
+        .route("/v1/orgs", post(admin::create_org))
+        .route("/v1/orgs/{org}/policy", get(admin::get_policy).put(admin::put_policy))
+        .route("/v1/orgs/{org}/policy/history", get(admin::policy_history))
+        .route("/v1/orgs/{org}/policy/dry-run", post(admin::dry_run))
+        .route("/v1/orgs/{org}/audit", get(admin::audit))
+        .route("/v1/orgs/{org}/revocations", post(admin::revoke))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::not_found)

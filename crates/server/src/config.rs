@@ -17,6 +17,8 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use writ_core::issuer::IssuerKind;
 
+use crate::auth::CredentialHash;
+
 /// Lifetime of a minted token when the request names none.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
 /// Upper bound of any minted token's lifetime unless the operator sets one.
@@ -61,6 +63,28 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// Request size limits.
     pub limits: Limits,
+    /// The admin API.
+    pub admin: AdminSettings,
+    /// Resource servers allowed to call `POST /oauth/introspect`.
+    pub introspection_clients: Vec<IntrospectionClient>,
+}
+
+/// Settings of the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// SHA-256 of the operator root credential; `None`: no root access
+    /// (orgs can then only come from the policy directory).
+    pub root_credential_hash: Option<CredentialHash>,
+}
+
+/// A resource server that may introspect tokens (RFC 7662), with HTTP
+/// Basic client credentials.
+#[derive(Debug, Clone)]
+pub struct IntrospectionClient {
+    /// The client id (the Basic user name).
+    pub id: String,
+    /// SHA-256 of its secret.
+    pub secret_hash: CredentialHash,
 }
 
 /// Settings of the tokens writ mints.
@@ -118,6 +142,30 @@ struct RawConfig {
     issuers: Vec<RawIssuer>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    introspection: RawIntrospection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    root_credential_hash: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    #[serde(default)]
+    clients: Vec<RawIntrospectionClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospectionClient {
+    id: String,
+    secret_hash: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,7 +242,7 @@ impl Config {
 
 /// Environment overrides: `WRIT_LISTEN`, `WRIT_PUBLIC_URL`, `WRIT_AUDIENCE`,
 /// `WRIT_TOKEN_AUDIENCE`, `WRIT_DEFAULT_TTL`, `WRIT_MAX_TTL`,
-/// `WRIT_STORAGE_URL`, `WRIT_POLICIES_DIR`.
+/// `WRIT_STORAGE_URL`, `WRIT_POLICIES_DIR`, `WRIT_ROOT_CREDENTIAL_HASH`.
 fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyhow::Result<()> {
     if let Some(v) = env("WRIT_LISTEN") {
         raw.server.listen = v;
@@ -223,6 +271,9 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> anyho
     }
     if let Some(v) = env("WRIT_POLICIES_DIR") {
         raw.policies.dir = Some(PathBuf::from(v));
+    }
+    if let Some(v) = env("WRIT_ROOT_CREDENTIAL_HASH") {
+        raw.admin.root_credential_hash = Some(v);
     }
     Ok(())
 }
@@ -325,7 +376,46 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
         bail!("limits.max_token_bytes must not exceed limits.max_body_bytes");
     }
 
-    Ok(Config { listen, public_url, audience, tokens, storage_url, policies_dir, permissions, issuers, limits })
+    let admin_aud = crate::auth::admin_audience(&public_url);
+    if tokens.audience == admin_aud {
+        bail!("tokens.audience = {admin_aud:?} is the audience of writ's own admin tokens; the platform needs another");
+    }
+    if let Some(i) = issuers.iter().find(|i| i.url == public_url) {
+        bail!("issuers: {:?} has writ's own public_url as its url; writ is not an OIDC issuer of CI tokens", i.name);
+    }
+    let admin = AdminSettings {
+        root_credential_hash: raw
+            .admin
+            .root_credential_hash
+            .map(|h| CredentialHash::parse(&h).map_err(|e| anyhow::anyhow!("admin.root_credential_hash {e}")))
+            .transpose()?,
+    };
+    let mut introspection_clients: Vec<IntrospectionClient> = Vec::new();
+    for (i, c) in raw.introspection.clients.into_iter().enumerate() {
+        if c.id.is_empty() || c.id.contains(':') || c.id.chars().any(char::is_control) {
+            bail!("introspection.clients[{i}].id = {:?}: 1 or more characters, no ':'", c.id);
+        }
+        if introspection_clients.iter().any(|o| o.id == c.id) {
+            bail!("introspection.clients[{i}].id = {:?} is configured twice", c.id);
+        }
+        let secret_hash = CredentialHash::parse(&c.secret_hash)
+            .map_err(|e| anyhow::anyhow!("introspection.clients[{i}].secret_hash {e}"))?;
+        introspection_clients.push(IntrospectionClient { id: c.id, secret_hash });
+    }
+
+    Ok(Config {
+        listen,
+        public_url,
+        audience,
+        tokens,
+        storage_url,
+        policies_dir,
+        permissions,
+        issuers,
+        limits,
+        admin,
+        introspection_clients,
+    })
 }
 
 fn trim_url(field: &str, url: &str) -> anyhow::Result<String> {
@@ -491,6 +581,25 @@ url = "https://token.actions.githubusercontent.com"
     fn default_ttl_above_max_is_refused() {
         let e = error_of(&format!("{MINIMAL}\n[tokens]\ndefault_ttl = \"2h\"\nmax_ttl = \"1h\"\n"));
         assert!(e.contains("longer than tokens.max_ttl"), "{e}");
+    }
+
+    #[test]
+    fn admin_and_introspection_credentials_are_hashes() {
+        let hash = CredentialHash::of("writ_root_x").to_string();
+        let text = format!(
+            "{MINIMAL}\n[admin]\nroot_credential_hash = \"{hash}\"\n[[introspection.clients]]\nid = \"platform\"\nsecret_hash = \"{hash}\"\n"
+        );
+        let c = Config::parse(&text, Path::new("."), &no_env).expect("valid");
+        assert!(c.admin.root_credential_hash.expect("root").matches("writ_root_x"));
+        assert_eq!(c.introspection_clients[0].id, "platform");
+        let e = error_of(&format!("{MINIMAL}\n[admin]\nroot_credential_hash = \"hunter2\"\n"));
+        assert!(e.contains("admin.root_credential_hash") && e.contains("writ credential new"), "{e}");
+    }
+
+    #[test]
+    fn the_platform_audience_cannot_be_the_admin_audience() {
+        let e = error_of(&format!("{MINIMAL}\n[tokens]\naudience = \"https://writ.example.com/admin\"\n"));
+        assert!(e.contains("admin tokens"), "{e}");
     }
 
     #[test]

@@ -24,8 +24,11 @@ pub const RETRY_AFTER_SECS: u64 = 2;
 #[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
-    body: ErrorBody,
+    // Boxed: `Result<_, ApiError>` is returned everywhere, and the body is
+    // large; the box keeps the `Err` variant small.
+    body: Box<ErrorBody>,
     retry_after: Option<u64>,
+    www_authenticate: Option<&'static str>,
 }
 
 /// The JSON body of every error.
@@ -35,9 +38,14 @@ pub struct ErrorBody {
     pub error: &'static str,
     /// One human sentence: what was wrong and, where possible, how to fix it.
     pub error_description: String,
-    /// Per-rule detail of a policy denial, when the caller may see it.
+    /// Per-rule detail of a policy denial, when the caller may see it; for
+    /// a refused policy, its diagnostics (each with `line` and `column`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<serde_json::Value>,
+    /// On 412 (a policy changed since the caller read it): the version
+    /// stored now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
     /// The request id, also in the `x-request-id` header and in the logs.
     pub request_id: String,
 }
@@ -46,13 +54,15 @@ impl ApiError {
     fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 error,
                 error_description: description.into(),
                 explanation: None,
+                current_version: None,
                 request_id: String::new(),
-            },
+            }),
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -81,6 +91,46 @@ impl ApiError {
     /// 404 `not_found`.
     pub fn not_found(description: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", description)
+    }
+
+    /// 401 `invalid_token` with `WWW-Authenticate: Bearer` (RFC 6750): no
+    /// credential, or one that is invalid, expired or revoked.
+    pub fn unauthorized(description: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", description);
+        e.www_authenticate = Some("Bearer realm=\"writ\", error=\"invalid_token\"");
+        e
+    }
+
+    /// 401 `invalid_client` with `WWW-Authenticate: Basic` (RFC 6749 §5.2):
+    /// introspection without valid client credentials.
+    pub fn invalid_client(description: impl Into<String>) -> ApiError {
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "invalid_client", description);
+        e.www_authenticate = Some("Basic realm=\"writ\"");
+        e
+    }
+
+    /// 403 `insufficient_scope` (RFC 6750): authenticated, but not allowed
+    /// this on this org.
+    pub fn forbidden(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "insufficient_scope", description)
+    }
+
+    /// 409 `conflict`: the request clashes with the state of the resource.
+    pub fn conflict(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", description)
+    }
+
+    /// 412 `precondition_failed`: `If-Match` names a version that is no
+    /// longer current; the body and the `ETag` header carry the current one.
+    pub fn precondition_failed(description: impl Into<String>, current_version: i64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", description);
+        e.body.current_version = Some(current_version);
+        e
+    }
+
+    /// 428 `precondition_required` (RFC 6585): a write without `If-Match`.
+    pub fn precondition_required(description: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PRECONDITION_REQUIRED, "precondition_required", description)
     }
 
     /// 503 `temporarily_unavailable` with `Retry-After`.
@@ -128,8 +178,17 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(challenge) = self.www_authenticate {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        // A 412 names the current version in the ETag header too.
+        if let Some(v) = self.body.current_version.filter(|v| *v > 0)
+            && let Ok(etag) = HeaderValue::from_str(&format!("\"v{v}\""))
+        {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
         // The body is rendered by `finish_errors`, which knows the request id.
-        response.extensions_mut().insert(self.body);
+        response.extensions_mut().insert(*self.body);
         response
     }
 }
@@ -179,5 +238,11 @@ fn foreign_error(status: StatusCode) -> ErrorBody {
         s if s.is_server_error() => ("server_error", "internal error; quote the request_id when reporting it"),
         _ => ("invalid_request", "the request was not accepted"),
     };
-    ErrorBody { error, error_description: description.to_owned(), explanation: None, request_id: String::new() }
+    ErrorBody {
+        error,
+        error_description: description.to_owned(),
+        explanation: None,
+        current_version: None,
+        request_id: String::new(),
+    }
 }

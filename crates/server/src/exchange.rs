@@ -80,6 +80,11 @@ pub struct ExchangeOutput {
 
 /// Runs one exchange.
 pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInfo) -> Result<ExchangeOutput, ApiError> {
+    validate_names(&input)?;
+    // A writ token as the subject token: narrowing, never a new grant.
+    if crate::narrow::is_writ_token(state, &input.subject_token) {
+        return crate::narrow::narrow(state, input, caller).await;
+    }
     validate_input(&input)?;
     let now = state.clock.now();
     let claims = verify(state, &input.subject_token, now).await?;
@@ -132,13 +137,31 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         }
     };
 
+    // Admin permissions and platform permissions never share a token: an
+    // admin token is for writ (its own audience), a platform token for the
+    // platform, so neither can be replayed at the other.
+    let admin_count = grant.permissions.iter().filter(|p| writ_core::token::is_admin_permission(p)).count();
+    let token_audience = if admin_count == 0 {
+        state.config.tokens.audience.clone()
+    } else if admin_count == grant.permissions.len() {
+        crate::auth::admin_audience(&state.config.public_url)
+    } else {
+        let description = format!(
+            "rule {:?} grants writ's admin permissions and platform permissions together; request them in separate exchanges (e.g. permissions [\"writ:policy:write\"], then [\"deploy\"])",
+            grant.rule
+        );
+        deny(&mut audit, "invalid_scope", json!([{"mixed_scope": grant.permissions}]));
+        record_denial(state, audit).await?;
+        return Err(ApiError::denied("invalid_scope", description));
+    };
+
     let ttl_secs = grant.ttl.as_secs().max(1);
     let expires_at = now + ttl_secs as i64;
     let jti = uuid::Uuid::new_v4().to_string();
     let provenance = CiProvenance::from_claims(&claims);
     let writ_claims = WritClaims {
         iss: state.config.public_url.clone(),
-        aud: state.config.tokens.audience.clone(),
+        aud: token_audience,
         sub: format!("{}:{}", claims.issuer_name(), claims.sub()),
         client_id: client_id(&claims),
         iat: now,
@@ -150,6 +173,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         apps: (!grant.apps.is_empty()).then(|| grant.apps.clone()),
         machines: (!grant.machines.is_empty()).then(|| grant.machines.clone()),
         ci: provenance,
+        parent: None,
     };
     let key = state.keyring.current_at(now);
     let token = writ_core::token::mint(&writ_claims, &key).map_err(|e| {
@@ -248,16 +272,22 @@ pub fn verify_error(e: &VerifyError) -> ApiError {
 }
 
 fn validate_input(input: &ExchangeInput) -> Result<(), ApiError> {
+    if input.org.is_empty() {
+        return Err(ApiError::invalid_request("the org is missing; send it as \"org\" (or audience on /oauth/token)"));
+    }
+    Ok(())
+}
+
+/// Checks what both an exchange and a narrowing need: a subject token,
+/// well-formed names (the org may be empty: a narrowing keeps the token's).
+fn validate_names(input: &ExchangeInput) -> Result<(), ApiError> {
     if input.subject_token.is_empty() {
         return Err(ApiError::invalid_request(
             "the OIDC token is missing; send it as \"token\" (or subject_token on /oauth/token)",
         ));
     }
-    if input.org.is_empty() {
-        return Err(ApiError::invalid_request("the org is missing; send it as \"org\" (or audience on /oauth/token)"));
-    }
     let names = input.permissions.iter().chain(&input.apps).chain(&input.machines);
-    for name in names.chain(std::iter::once(&input.org)) {
+    for name in names.chain(std::iter::once(&input.org).filter(|o| !o.is_empty())) {
         if name.is_empty() || name.len() > 128 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(ApiError::invalid_request(format!(
                 "{name:?} is not a valid name: 1-128 characters, no spaces or control characters"
@@ -300,7 +330,7 @@ fn deny(audit: &mut AuditRecord, code: &str, explanation: serde_json::Value) {
 
 /// The names whose recorded id pins are looked up for these claims: the
 /// repository and owner (GitHub), the project and namespace (GitLab).
-fn pin_keys(claims: &VerifiedClaims) -> Vec<(PinKind, String)> {
+pub(crate) fn pin_keys(claims: &VerifiedClaims) -> Vec<(PinKind, String)> {
     let pairs: &[(PinKind, &str)] = match claims.issuer_kind() {
         writ_core::issuer::IssuerKind::GitHub => {
             &[(PinKind::Repository, "repository"), (PinKind::Owner, "repository_owner")]

@@ -1,12 +1,16 @@
 //! writ-server: the exchange server — axum app, OIDC key cache, storage,
 //! configuration and routes. Only this crate knows HTTP on the server side.
 
+pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod narrow;
 pub mod oidc;
 pub mod policies;
+pub mod revocation;
 pub mod routes;
 pub mod signing;
 pub mod storage;

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use writ_core::issuer::IssuerKind;
 use writ_core::policy::{self, Diagnostic, LintContext, Policy, Severity, SourceFormat};
 
-use crate::storage::{ManagedBy, NewPolicy, PolicyFormat, Storage, StoredPolicy};
+use crate::storage::{ManagedBy, NewPolicy, PolicyFormat, Storage, StorageError, StoredPolicy};
 
 /// How often the policy directory is checked for changes. Polling (rather
 /// than inotify) works on every filesystem, including network and
@@ -118,8 +118,21 @@ impl PolicySet {
         self.len() == 0
     }
 
+    /// Makes `loaded` the org's current policy unless a newer version is
+    /// already in place: two writers whose stores commit as v3 then v4 may
+    /// reach this point in the other order, and the set must end at v4.
     fn insert(&self, org: String, loaded: LoadedPolicy) {
-        self.inner.write().unwrap_or_else(|p| p.into_inner()).insert(org, Arc::new(loaded));
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if map.get(&org).is_some_and(|current| current.version > loaded.version) {
+            return;
+        }
+        map.insert(org, Arc::new(loaded));
+    }
+
+    /// Installs a policy that was compiled and stored by the caller (an org
+    /// created with its first policy).
+    pub fn install_compiled(&self, policy: Policy, version: i64, managed_by: ManagedBy) {
+        self.insert(policy.org().to_owned(), LoadedPolicy { policy, version, managed_by });
     }
 
     /// Loads the latest version of every org from storage. A stored policy
@@ -155,31 +168,51 @@ impl PolicySet {
         update: PolicyUpdate<'_>,
         now: i64,
     ) -> anyhow::Result<(StoredPolicy, Vec<Diagnostic>)> {
-        let PolicyUpdate { source, format, managed_by, expected_version, origin } = update;
-        let (parsed, warnings) = compile(source, format, catalogue, origin)?;
+        let (parsed, warnings) = compile(update.source, update.format, catalogue, update.origin)?;
+        let stored = self.apply_compiled(store, parsed, update, now).await?;
+        Ok((stored, warnings))
+    }
+
+    /// Stores `parsed` (compiled from `update.source` by the caller) as the
+    /// org's next version, honouring `update.expected_version`, and makes
+    /// it current.
+    pub async fn apply_compiled(
+        &self,
+        store: &dyn Storage,
+        parsed: Policy,
+        update: PolicyUpdate<'_>,
+        now: i64,
+    ) -> Result<StoredPolicy, StorageError> {
+        let PolicyUpdate { source, format, managed_by, expected_version, origin: _, author } = update;
         let org = parsed.org().to_owned();
         let stored = store
             .put_policy(
                 NewPolicy {
                     org: org.clone(),
                     source: source.to_owned(),
-                    format: match format {
-                        SourceFormat::Toml => PolicyFormat::Toml,
-                        SourceFormat::Json => PolicyFormat::Json,
-                    },
+                    format: policy_format(format),
                     managed_by,
-                    author: None,
+                    author: author.map(str::to_owned),
                     expected_version,
                 },
                 now,
             )
             .await?;
         self.insert(org, LoadedPolicy { policy: parsed, version: stored.version, managed_by });
-        Ok((stored, warnings))
+        Ok(stored)
     }
 }
 
-fn source_format(f: PolicyFormat) -> SourceFormat {
+/// The storage spelling of a policy's syntax.
+pub fn policy_format(f: SourceFormat) -> PolicyFormat {
+    match f {
+        SourceFormat::Toml => PolicyFormat::Toml,
+        SourceFormat::Json => PolicyFormat::Json,
+    }
+}
+
+/// The parser's spelling of a stored policy's syntax.
+pub fn source_format(f: PolicyFormat) -> SourceFormat {
     match f {
         PolicyFormat::Toml => SourceFormat::Toml,
         PolicyFormat::Json => SourceFormat::Json,
@@ -200,6 +233,8 @@ pub struct PolicyUpdate<'a> {
     pub expected_version: Option<i64>,
     /// File name or "request body", for diagnostics.
     pub origin: &'a str,
+    /// Who submitted it (an admin's `sub`, `root`), for the history.
+    pub author: Option<&'a str>,
 }
 
 /// The state of the policy directory seen last: file → (mtime, length).
@@ -279,6 +314,7 @@ pub async fn sync_dir(
             managed_by: ManagedBy::File,
             expected_version: Some(current.as_ref().map_or(0, |c| c.version)),
             origin: &origin,
+            author: Some(&origin),
         };
         set.apply(store, catalogue, update, now).await?;
         tracing::info!(org = %org, "loaded policy of org {org} from {}", dir.display());

@@ -45,7 +45,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub struct ExchangeRequest {
     /// The CI job's OIDC token.
     pub token: String,
-    /// The org to get a token for.
+    /// The org to get a token for (may be left out when `token` is a writ
+    /// token being narrowed: it keeps its org).
+    #[serde(default)]
     pub org: String,
     /// Permissions wanted (default: the matching rule's grant).
     #[serde(default)]
@@ -181,7 +183,22 @@ pub async fn exchange_form(
         ));
     }
     let form = TokenForm::parse(&body)?;
-    let input = form.into_input()?;
+    let (input, narrowing) = form.into_input()?;
+    // The declared type must fit the token: a writ token is narrowed only
+    // when the caller says so, and an OIDC token never goes that way.
+    match (narrowing, crate::narrow::is_writ_token(&state, &input.subject_token)) {
+        (true, false) => {
+            return Err(ApiError::invalid_request(format!(
+                "subject_token_type {TOKEN_TYPE_ACCESS_TOKEN} is for narrowing a writ token, and this is not one; use {TOKEN_TYPE_ID_TOKEN} for a CI OIDC token"
+            )));
+        }
+        (false, true) => {
+            return Err(ApiError::invalid_request(format!(
+                "this subject_token is a writ token; to narrow it, send subject_token_type={TOKEN_TYPE_ACCESS_TOKEN}"
+            )));
+        }
+        _ => {}
+    }
     let out = exchange::exchange(&state, input, &caller).await?;
     let mut body = json!({
         "access_token": out.token,
@@ -245,7 +262,10 @@ impl TokenForm {
         Ok(form)
     }
 
-    fn into_input(self) -> Result<ExchangeInput, ApiError> {
+    /// The exchange input, and whether the caller asked for narrowing
+    /// (`subject_token_type` access_token; the audience may then be left
+    /// out: the token's own org).
+    fn into_input(self) -> Result<(ExchangeInput, bool), ApiError> {
         match self.grant_type.as_deref() {
             Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
             Some(other) => {
@@ -262,13 +282,9 @@ impl TokenForm {
         let subject_token = self
             .subject_token
             .ok_or_else(|| ApiError::invalid_request("subject_token is missing: send the CI job's OIDC token"))?;
-        match self.subject_token_type.as_deref() {
-            Some(TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_JWT) => {}
-            Some(TOKEN_TYPE_ACCESS_TOKEN) => {
-                return Err(ApiError::invalid_request(
-                    "narrowing a writ token (subject_token_type access_token) is not available on this server yet",
-                ));
-            }
+        let narrowing = match self.subject_token_type.as_deref() {
+            Some(TOKEN_TYPE_ID_TOKEN | TOKEN_TYPE_JWT) => false,
+            Some(TOKEN_TYPE_ACCESS_TOKEN) => true,
             Some(other) => {
                 return Err(ApiError::invalid_request(format!(
                     "subject_token_type {other:?} is not supported; use {TOKEN_TYPE_ID_TOKEN} for a CI OIDC token"
@@ -279,7 +295,7 @@ impl TokenForm {
                     "subject_token_type is missing; use {TOKEN_TYPE_ID_TOKEN} for a CI OIDC token"
                 )));
             }
-        }
+        };
         let mut org = None;
         let mut apps = Vec::new();
         let mut machines = Vec::new();
@@ -311,8 +327,11 @@ impl TokenForm {
                 ));
             }
         }
-        let org =
-            org.ok_or_else(|| ApiError::invalid_request("audience is missing: name the org (audience=acme-prod)"))?;
+        let org = match org {
+            Some(org) => org,
+            None if narrowing => String::new(),
+            None => return Err(ApiError::invalid_request("audience is missing: name the org (audience=acme-prod)")),
+        };
         let permissions =
             self.scope.map(|s| s.split(' ').filter(|p| !p.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
         let ttl = self
@@ -323,7 +342,7 @@ impl TokenForm {
                 })
             })
             .transpose()?;
-        Ok(ExchangeInput { subject_token, org, permissions, apps, machines, ttl })
+        Ok((ExchangeInput { subject_token, org, permissions, apps, machines, ttl }, narrowing))
     }
 }
 
@@ -342,6 +361,11 @@ pub async fn openid_configuration(State(state): State<AppState>) -> Response {
         "token_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": state.config.permissions.keys().collect::<Vec<_>>(),
         "writ_exchange_endpoint": format!("{base}/v1/exchange"),
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
+        "introspection_endpoint": format!("{base}/oauth/introspect"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
+        "writ_revocation_feed": format!("{base}/v1/revocations"),
+        "writ_admin_audience": crate::auth::admin_audience(base),
         "writ_oidc_audience": state.config.audience,
         "writ_token_audience": state.config.tokens.audience,
     }))

@@ -153,6 +153,17 @@ impl Keyring {
         Arc::clone(&entry.key)
     }
 
+    /// The raw public key of the published key `kid` at `now`, for
+    /// verifying writ's own tokens (admin calls, narrowing,
+    /// introspection). A retired key is not found: tokens it signed have
+    /// expired.
+    pub fn public_key_at(&self, kid: &str, now: i64) -> Option<Vec<u8>> {
+        let snapshot = self.snapshot.load();
+        published(&snapshot.entries, &self.config, now)
+            .find(|e| e.key.kid() == kid)
+            .map(|e| e.key.public_key_bytes().to_vec())
+    }
+
     /// The JWKS document (`{"keys": […]}`) to publish now.
     pub fn jwks(&self) -> serde_json::Value {
         self.jwks_at(unix_now())
@@ -311,6 +322,7 @@ mod tests {
             apps: None,
             machines: None,
             ci: CiProvenance::default(),
+            parent: None,
         };
         let token = mint(&claims, &ring.current_at(T0)).expect("mint");
 

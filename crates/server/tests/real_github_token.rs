@@ -59,6 +59,7 @@ jwks_file = "{FIXTURES}/{JWKS}"
         managed_by: ManagedBy::Api,
         expected_version: None,
         origin: "beacon.toml",
+        author: None,
     };
     state.policies.apply(state.store.as_ref(), &state.catalogue, update, clock.now()).await.expect("policy");
     state

@@ -72,6 +72,14 @@ pub enum StorageError {
         /// The latest version now stored (0 when there is none).
         current: i64,
     },
+    /// The thing to create exists already (an org).
+    #[error("already exists")]
+    AlreadyExists,
+    /// The token to narrow was revoked (checked inside the transaction
+    /// that records the narrowed token, so a revocation and a narrowing
+    /// that race can never leave an unrevoked child of a revoked parent).
+    #[error("the parent token is revoked")]
+    Revoked,
     /// The store cannot be reached or cannot write right now (connection,
     /// I/O, lock timeout, disk full). Transient: the server answers 503 with
     /// `Retry-After`.
@@ -148,6 +156,56 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// The `limit` most recent audit records of one org, newest first.
     async fn audit_recent(&self, org: &str, limit: u32) -> Result<Vec<AuditRecord>, StorageError>;
+
+    // ---- the admin API (issue 4) ----------------------------------------
+
+    /// Creates an org, optionally with its first policy (version 1), in one
+    /// transaction. [`StorageError::AlreadyExists`] when the org exists: it
+    /// was created before, or has a policy (file-managed orgs, orgs from
+    /// before the registry).
+    async fn create_org(
+        &self,
+        org: NewOrg,
+        first_policy: Option<NewPolicy>,
+        now: i64,
+    ) -> Result<(OrgRecord, Option<StoredPolicy>), StorageError>;
+
+    /// True when the org was created or has a policy.
+    async fn org_exists(&self, org: &str) -> Result<bool, StorageError>;
+
+    /// One page of an org's audit log, newest first, filtered by `query`.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError>;
+
+    /// Records a narrowed token in ONE transaction: its issued-token row
+    /// (with the parent link) and the audit record. Fails with
+    /// [`StorageError::Revoked`] — writing nothing — when the parent is
+    /// revoked at that moment: the check and the insert must not be
+    /// separable by a concurrent revocation (a backend with concurrent
+    /// writers must lock the parent's row).
+    async fn record_narrowing(&self, rec: NarrowRecord) -> Result<(), StorageError>;
+
+    /// Revokes the unexpired tokens of `revocation.org` that its target
+    /// selects, and every token narrowed from them, transitively, in one
+    /// transaction. Returns how many were newly revoked (tokens already
+    /// revoked are not counted twice).
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, StorageError>;
+
+    /// True when the token with this `jti` was revoked.
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StorageError>;
+
+    /// Revocations after feed position `after` (0: from the start) whose
+    /// token has not expired at `now`, in feed order, at most `limit`.
+    ///
+    /// Invariant: the feed never skips. An entry's `seq` is assigned when
+    /// its transaction commits in order (SQLite has one writer); a backend
+    /// whose sequence values can become visible out of order must hold
+    /// back entries until every smaller `seq` is visible, or verifiers
+    /// polling with a cursor would miss revocations for good.
+    async fn revocation_feed(&self, after: i64, now: i64, limit: u32) -> Result<Vec<RevocationEntry>, StorageError>;
+
+    /// Forgets revocations of tokens that expired before `before`: an
+    /// expired token is refused anyway. Returns how many.
+    async fn purge_revocations(&self, before: i64) -> Result<u64, StorageError>;
 }
 
 /// The syntax a policy was written in.
@@ -446,4 +504,121 @@ pub struct StoredSigningKey {
     pub created_at: i64,
     /// From when the key signs tokens (after its pre-publication window).
     pub activates_at: i64,
+}
+
+/// An org to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrg {
+    /// The org's name.
+    pub org: String,
+    /// Who created it (`root`), for the record.
+    pub created_by: Option<String>,
+}
+
+/// An org in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgRecord {
+    /// The org's name.
+    pub org: String,
+    /// When it was created.
+    pub created_at: i64,
+    /// Who created it.
+    pub created_by: Option<String>,
+}
+
+/// Filters and position of an audit page. `None` filters match everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// The org whose log is read.
+    pub org: String,
+    /// Records at or after this time.
+    pub from: Option<i64>,
+    /// Records before this time.
+    pub to: Option<i64>,
+    /// Records of this repository (case-insensitive).
+    pub repository: Option<String>,
+    /// Only grants or only denials.
+    pub outcome: Option<Outcome>,
+    /// Records decided by (granted under) this rule.
+    pub rule: Option<String>,
+    /// Records that requested or granted this permission.
+    pub permission: Option<String>,
+    /// The cursor: only records older than this id (the last id of the
+    /// previous page).
+    pub before: Option<Uuid>,
+    /// Page size.
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// The newest `limit` records of `org`, unfiltered.
+    pub fn new(org: impl Into<String>, limit: u32) -> Self {
+        AuditQuery {
+            org: org.into(),
+            from: None,
+            to: None,
+            repository: None,
+            outcome: None,
+            rule: None,
+            permission: None,
+            before: None,
+            limit,
+        }
+    }
+}
+
+/// Everything a narrowing writes, atomically.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NarrowRecord {
+    /// The `jti` of the token it was narrowed from.
+    pub parent_jti: String,
+    /// The new token.
+    pub issued: IssuedToken,
+    /// The audit record (outcome [`Outcome::Granted`]); its `issuer` is
+    /// writ itself and its `subject_jti` the parent's `jti`.
+    pub audit: AuditRecord,
+}
+
+/// Which issued tokens a revocation selects (within one org).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevocationTarget {
+    /// One token.
+    Jti(String),
+    /// Every token issued to a CI repository (case-insensitive).
+    Repository(String),
+    /// Every token issued to one CI run.
+    RunId(String),
+    /// Every token granted under one policy rule.
+    Rule(String),
+}
+
+/// A revocation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    /// The org whose tokens are revoked; tokens of other orgs are never
+    /// touched, whatever the target.
+    pub org: String,
+    /// What to revoke.
+    pub target: RevocationTarget,
+    /// Why, for the record (`admin`, `holder`, free text).
+    pub reason: String,
+    /// Who asked.
+    pub revoked_by: Option<String>,
+    /// When.
+    pub now: i64,
+}
+
+/// One entry of the revocation feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationEntry {
+    /// Feed position; strictly increasing.
+    pub seq: i64,
+    /// The revoked token's `jti`.
+    pub jti: String,
+    /// Its org.
+    pub org: String,
+    /// Its expiry; after it, the entry may leave the feed.
+    pub expires_at: i64,
+    /// When it was revoked.
+    pub revoked_at: i64,
 }

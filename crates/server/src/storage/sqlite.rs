@@ -26,8 +26,9 @@ use sqlx::sqlite::{
 use uuid::Uuid;
 
 use super::{
-    AuditRecord, ExchangeRecord, IssuedToken, ManagedBy, NewPolicy, Outcome, Pin, PinKind, PolicyFormat, Storage,
-    StorageError, StoredPolicy, StoredSigningKey,
+    AuditQuery, AuditRecord, ExchangeRecord, IssuedToken, ManagedBy, NarrowRecord, NewOrg, NewPolicy, OrgRecord,
+    Outcome, Pin, PinKind, PolicyFormat, Revocation, RevocationEntry, Storage, StorageError, StoredPolicy,
+    StoredSigningKey,
 };
 
 /// Tuning of the SQLite backend; [`Default`] is what `writ serve` uses.
@@ -607,6 +608,265 @@ impl Storage for SqliteStore {
             .map_err(map_err)?;
         rows.iter().map(audit_from_row).collect()
     }
+
+    async fn create_org(
+        &self,
+        org: NewOrg,
+        first_policy: Option<NewPolicy>,
+        now: i64,
+    ) -> Result<(OrgRecord, Option<StoredPolicy>), StorageError> {
+        admin::create_org(&self.writer, org, first_policy, now).await
+    }
+
+    async fn org_exists(&self, org: &str) -> Result<bool, StorageError> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orgs WHERE org = ?1) OR EXISTS (SELECT 1 FROM policies WHERE org = ?1)",
+        )
+        .bind(org)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(exists)
+    }
+
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        admin::query_audit(&self.reader, query).await
+    }
+
+    async fn record_narrowing(&self, rec: NarrowRecord) -> Result<(), StorageError> {
+        admin::record_narrowing(&self.writer, rec).await
+    }
+
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, StorageError> {
+        admin::revoke(&self.writer, revocation).await
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool, StorageError> {
+        let revoked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revocations WHERE jti = ?)")
+            .bind(jti)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(revoked)
+    }
+
+    async fn revocation_feed(&self, after: i64, now: i64, limit: u32) -> Result<Vec<RevocationEntry>, StorageError> {
+        admin::revocation_feed(&self.reader, after, now, limit).await
+    }
+
+    async fn purge_revocations(&self, before: i64) -> Result<u64, StorageError> {
+        let done = sqlx::query("DELETE FROM revocations WHERE expires_at < ?")
+            .bind(before)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The admin API's queries (org registry, audit search, narrowing,
+/// revocation), apart from the exchange path above.
+mod admin {
+    use sqlx::Row;
+    use sqlx::sqlite::SqlitePool;
+
+    use super::{audit_from_row, format_str, insert_audit, managed_by_str, map_err};
+    use crate::storage::{
+        AuditQuery, AuditRecord, NarrowRecord, NewOrg, NewPolicy, OrgRecord, Revocation, RevocationEntry,
+        RevocationTarget, StorageError, StoredPolicy,
+    };
+
+    pub(super) async fn create_org(
+        writer: &SqlitePool,
+        org: NewOrg,
+        first_policy: Option<NewPolicy>,
+        now: i64,
+    ) -> Result<(OrgRecord, Option<StoredPolicy>), StorageError> {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orgs WHERE org = ?1) OR EXISTS (SELECT 1 FROM policies WHERE org = ?1)",
+        )
+        .bind(&org.org)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if exists {
+            return Err(StorageError::AlreadyExists);
+        }
+        sqlx::query("INSERT INTO orgs (org, created_at, created_by) VALUES (?, ?, ?)")
+            .bind(&org.org)
+            .bind(now)
+            .bind(&org.created_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        let policy = match first_policy {
+            None => None,
+            Some(new) => {
+                if new.org != org.org {
+                    return Err(StorageError::other(format!(
+                        "first policy is for org {:?}, not {:?}",
+                        new.org, org.org
+                    )));
+                }
+                let stored = StoredPolicy {
+                    org: new.org,
+                    version: 1,
+                    source: new.source,
+                    format: new.format,
+                    managed_by: new.managed_by,
+                    author: new.author,
+                    created_at: now,
+                };
+                sqlx::query(concat!("INSERT INTO policies (", policy_columns!(), ") VALUES (?, ?, ?, ?, ?, ?, ?)"))
+                    .bind(&stored.org)
+                    .bind(stored.version)
+                    .bind(&stored.source)
+                    .bind(format_str(stored.format))
+                    .bind(managed_by_str(stored.managed_by))
+                    .bind(&stored.author)
+                    .bind(stored.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                Some(stored)
+            }
+        };
+        tx.commit().await.map_err(map_err)?;
+        Ok((OrgRecord { org: org.org, created_at: now, created_by: org.created_by }, policy))
+    }
+
+    pub(super) async fn query_audit(reader: &SqlitePool, q: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        // One static statement: every filter is "unset or holds", so the
+        // SQL never depends on the input. The (org, id) index serves the
+        // order and the cursor.
+        let rows = sqlx::query(
+            "SELECT * FROM audit WHERE org = ?1 \
+             AND (?2 IS NULL OR time >= ?2) \
+             AND (?3 IS NULL OR time < ?3) \
+             AND (?4 IS NULL OR repository = ?4 COLLATE NOCASE) \
+             AND (?5 IS NULL OR outcome = ?5) \
+             AND (?6 IS NULL OR rule = ?6) \
+             AND (?7 IS NULL \
+                  OR EXISTS (SELECT 1 FROM json_each(audit.granted_permissions) WHERE value = ?7) \
+                  OR EXISTS (SELECT 1 FROM json_each(audit.requested_permissions) WHERE value = ?7)) \
+             AND (?8 IS NULL OR id < ?8) \
+             ORDER BY id DESC LIMIT ?9",
+        )
+        .bind(&q.org)
+        .bind(q.from)
+        .bind(q.to)
+        .bind(&q.repository)
+        .bind(q.outcome.map(|o| o.as_str()))
+        .bind(&q.rule)
+        .bind(&q.permission)
+        .bind(q.before.map(|id| id.hyphenated().to_string()))
+        .bind(i64::from(q.limit))
+        .fetch_all(reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    pub(super) async fn record_narrowing(writer: &SqlitePool, rec: NarrowRecord) -> Result<(), StorageError> {
+        // IMMEDIATE: the revocation check and the insert happen under the
+        // write lock, so no revocation of the parent can fall between them.
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+        let revoked: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM revocations WHERE jti = ?)")
+            .bind(&rec.parent_jti)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if revoked {
+            return Err(StorageError::Revoked);
+        }
+        insert_audit(&mut tx, &rec.audit).await?;
+        let t = &rec.issued;
+        sqlx::query(
+            "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, \
+             expires_at, parent_jti) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&t.jti)
+        .bind(&t.org)
+        .bind(&t.subject)
+        .bind(&t.repository)
+        .bind(&t.run_id)
+        .bind(&t.rule)
+        .bind(t.issued_at)
+        .bind(t.expires_at)
+        .bind(&rec.parent_jti)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    pub(super) async fn revoke(writer: &SqlitePool, r: &Revocation) -> Result<u64, StorageError> {
+        let (kind, value) = match &r.target {
+            RevocationTarget::Jti(v) => ("jti", v),
+            RevocationTarget::Repository(v) => ("repository", v),
+            RevocationTarget::RunId(v) => ("run_id", v),
+            RevocationTarget::Rule(v) => ("rule", v),
+        };
+        // The selected tokens of this org, then every token narrowed from
+        // them (narrowing keeps the org, so the walk stays inside it).
+        // Expired tokens are left alone: they are refused anyway.
+        let done = sqlx::query(
+            "WITH RECURSIVE targets(jti) AS ( \
+                 SELECT jti FROM issued_tokens WHERE org = ?1 AND expires_at > ?2 AND ( \
+                     (?3 = 'jti' AND jti = ?4) \
+                     OR (?3 = 'repository' AND repository = ?4 COLLATE NOCASE) \
+                     OR (?3 = 'run_id' AND run_id = ?4) \
+                     OR (?3 = 'rule' AND rule = ?4)) \
+                 UNION \
+                 SELECT child.jti FROM issued_tokens AS child JOIN targets ON child.parent_jti = targets.jti \
+             ) \
+             INSERT INTO revocations (jti, org, expires_at, revoked_at, reason, revoked_by) \
+             SELECT t.jti, t.org, t.expires_at, ?2, ?5, ?6 FROM issued_tokens AS t \
+             WHERE t.jti IN (SELECT jti FROM targets) AND t.org = ?1 AND t.expires_at > ?2 \
+             ORDER BY t.issued_at, t.jti \
+             ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(&r.org)
+        .bind(r.now)
+        .bind(kind)
+        .bind(value)
+        .bind(&r.reason)
+        .bind(&r.revoked_by)
+        .execute(writer)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn revocation_feed(
+        reader: &SqlitePool,
+        after: i64,
+        now: i64,
+        limit: u32,
+    ) -> Result<Vec<RevocationEntry>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT seq, jti, org, expires_at, revoked_at FROM revocations \
+             WHERE seq > ? AND expires_at > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(after)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(RevocationEntry {
+                    seq: row.try_get("seq").map_err(map_err)?,
+                    jti: row.try_get("jti").map_err(map_err)?,
+                    org: row.try_get("org").map_err(map_err)?,
+                    expires_at: row.try_get("expires_at").map_err(map_err)?,
+                    revoked_at: row.try_get("revoked_at").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -649,6 +909,14 @@ mod tests {
         signing_keys_round_trip,
         audit_round_trips_every_field_newest_first,
         concurrent_exchanges_of_one_jti_exactly_one_succeeds,
+        orgs_are_created_once_and_policies_count_as_orgs,
+        audit_query_filters_and_pages_newest_first,
+        revocation_targets_stay_inside_their_org,
+        revoking_a_token_revokes_its_narrowed_descendants,
+        narrowing_a_revoked_token_writes_nothing,
+        revocation_feed_is_ordered_paged_and_drops_expired,
+        concurrent_revocations_count_each_token_once,
+        gitlab_pins_are_recorded,
     );
 
     #[tokio::test]

@@ -9,8 +9,9 @@ use serde_json::json;
 use uuid::{NoContext, Timestamp, Uuid};
 
 use super::{
-    AuditRecord, ExchangeRecord, IssuedToken, JTI_RETENTION_LEEWAY_SECS, ManagedBy, NewPolicy, Outcome, Pin, PinKind,
-    PolicyFormat, Storage, StorageError, StoredSigningKey, UsedJti,
+    AuditQuery, AuditRecord, ExchangeRecord, IssuedToken, JTI_RETENTION_LEEWAY_SECS, ManagedBy, NarrowRecord, NewOrg,
+    NewPolicy, Outcome, Pin, PinKind, PolicyFormat, Revocation, RevocationTarget, Storage, StorageError,
+    StoredSigningKey, UsedJti,
 };
 
 /// The subject tokens' issuer in every case.
@@ -328,4 +329,241 @@ pub(crate) async fn concurrent_exchanges_of_one_jti_exactly_one_succeeds(store: 
     }
     assert_eq!(granted, 1, "exactly one exchange of a token");
     assert_eq!(store.audit_recent("acme", 20).await.expect("audit").len(), 1);
+}
+
+// ---- the admin API -----------------------------------------------------------
+
+pub(crate) async fn orgs_are_created_once_and_policies_count_as_orgs(store: Arc<dyn Storage>) {
+    assert!(!store.org_exists("acme").await.expect("exists"));
+    let (org, policy) = store
+        .create_org(NewOrg { org: "acme".into(), created_by: Some("root".into()) }, None, 10)
+        .await
+        .expect("create");
+    assert_eq!((org.org.as_str(), org.created_at, org.created_by.as_deref(), policy), ("acme", 10, Some("root"), None));
+    assert!(store.org_exists("acme").await.expect("exists"));
+    let again = store.create_org(NewOrg { org: "acme".into(), created_by: None }, None, 11).await;
+    assert!(matches!(again, Err(StorageError::AlreadyExists)), "{again:?}");
+
+    // With a first policy: version 1, in the same transaction.
+    let (_, policy) = store
+        .create_org(NewOrg { org: "beta".into(), created_by: None }, Some(new_policy("beta", "b1", Some(0))), 20)
+        .await
+        .expect("create with policy");
+    assert_eq!(policy.map(|p| (p.version, p.source)), Some((1, "b1".to_owned())));
+    assert_eq!(store.get_policy("beta").await.expect("get").map(|p| p.version), Some(1));
+
+    // An org with a policy but no registry row (file-managed) exists too.
+    store.put_policy(new_policy("gamma", "g1", None), 30).await.expect("put");
+    assert!(store.org_exists("gamma").await.expect("exists"));
+    let clash = store.create_org(NewOrg { org: "gamma".into(), created_by: None }, None, 31).await;
+    assert!(matches!(clash, Err(StorageError::AlreadyExists)), "{clash:?}");
+}
+
+pub(crate) async fn audit_query_filters_and_pages_newest_first(store: Arc<dyn Storage>) {
+    for t in 1..=6 {
+        let mut a = audit("acme", t * 100, if t % 2 == 0 { Outcome::Granted } else { Outcome::Denied });
+        a.repository = Some(if t <= 3 { "Acme/Web" } else { "acme/api" }.into());
+        a.rule = (t % 2 == 0).then(|| "deploy-web".to_owned());
+        a.requested_permissions = if t == 5 { vec!["logs:read".into()] } else { vec![] };
+        a.granted_permissions = if t % 2 == 0 { vec!["deploy".into()] } else { vec![] };
+        store.record_denial(a).await.expect("audit");
+    }
+    store.record_denial(audit("beta", 350, Outcome::Granted)).await.expect("other org");
+    let times = |records: Vec<AuditRecord>| records.into_iter().map(|r| r.time).collect::<Vec<_>>();
+    let query = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery::new("acme", 100);
+        f(&mut q);
+        let store = Arc::clone(&store);
+        async move { times(store.query_audit(&q).await.expect("query")) }
+    };
+
+    assert_eq!(query(&|_| {}).await, vec![600, 500, 400, 300, 200, 100], "newest first, one org");
+    assert_eq!(query(&|q| q.outcome = Some(Outcome::Granted)).await, vec![600, 400, 200]);
+    assert_eq!(query(&|q| q.repository = Some("ACME/web".into())).await, vec![300, 200, 100], "case-insensitive");
+    assert_eq!(query(&|q| q.rule = Some("deploy-web".into())).await, vec![600, 400, 200]);
+    assert_eq!(query(&|q| q.permission = Some("deploy".into())).await, vec![600, 400, 200], "granted");
+    assert_eq!(query(&|q| q.permission = Some("logs:read".into())).await, vec![500], "requested");
+    assert_eq!(query(&|q| (q.from, q.to) = (Some(200), Some(400))).await, vec![300, 200], "from inclusive, to not");
+    let combined = query(&|q| {
+        q.outcome = Some(Outcome::Denied);
+        q.repository = Some("acme/api".into());
+    });
+    assert_eq!(combined.await, vec![500]);
+
+    // Pages: the cursor is the last id of the previous page.
+    let mut q = AuditQuery::new("acme", 4);
+    let first = store.query_audit(&q).await.expect("page 1");
+    assert_eq!(first.iter().map(|r| r.time).collect::<Vec<_>>(), vec![600, 500, 400, 300]);
+    q.before = first.last().map(|r| r.id);
+    assert_eq!(times(store.query_audit(&q).await.expect("page 2")), vec![200, 100]);
+}
+
+/// An issued token of org `org` for `repository`, run `run`, rule `rule`.
+fn issued(jti: &str, org: &str, repository: &str, run: &str, rule: &str, expires_at: i64) -> IssuedToken {
+    IssuedToken {
+        jti: jti.into(),
+        org: org.into(),
+        subject: format!("github:repo:{repository}"),
+        repository: Some(repository.into()),
+        run_id: Some(run.into()),
+        rule: rule.into(),
+        issued_at: expires_at - 900,
+        expires_at,
+    }
+}
+
+async fn grant(store: &Arc<dyn Storage>, token: IssuedToken) {
+    let mut rec = exchange(&format!("subject-of-{}", token.jti), &token.jti, token.expires_at);
+    rec.new_pins.clear();
+    rec.audit.org = token.org.clone();
+    rec.issued = token;
+    store.record_exchange(rec).await.expect("exchange");
+}
+
+fn narrowing(parent: &str, child: IssuedToken) -> NarrowRecord {
+    let mut a = audit(&child.org, child.issued_at, Outcome::Granted);
+    a.subject_jti = Some(parent.into());
+    a.token_jti = Some(child.jti.clone());
+    NarrowRecord { parent_jti: parent.into(), issued: child, audit: a }
+}
+
+fn revocation(org: &str, target: RevocationTarget, now: i64) -> Revocation {
+    Revocation { org: org.into(), target, reason: "admin".into(), revoked_by: Some("root".into()), now }
+}
+
+async fn revoked(store: &Arc<dyn Storage>, jtis: &[&str]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for jti in jtis {
+        out.push(store.is_revoked(jti).await.expect("is_revoked"));
+    }
+    out
+}
+
+pub(crate) async fn revocation_targets_stay_inside_their_org(store: Arc<dyn Storage>) {
+    grant(&store, issued("a1", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    grant(&store, issued("a2", "acme", "ACME/Web", "2", "deploy-web", 2_000)).await;
+    grant(&store, issued("a3", "acme", "acme/api", "3", "deploy-api", 2_000)).await;
+    grant(&store, issued("b1", "beta", "acme/web", "1", "deploy-web", 2_000)).await;
+    grant(&store, issued("old", "acme", "acme/web", "4", "deploy-web", 900)).await;
+    let all = ["a1", "a2", "a3", "b1", "old"];
+
+    let n = store.revoke(&revocation("acme", RevocationTarget::Jti("b1".into()), 1_000)).await.expect("revoke");
+    assert_eq!(n, 0, "a jti of another org is not touched");
+    let n = store.revoke(&revocation("acme", RevocationTarget::Repository("acme/WEB".into()), 1_000)).await;
+    assert_eq!(n.expect("revoke"), 2, "both spellings, not the expired one, not org beta's");
+    assert_eq!(revoked(&store, &all).await, [true, true, false, false, false]);
+    let again = store.revoke(&revocation("acme", RevocationTarget::Repository("acme/web".into()), 1_001)).await;
+    assert_eq!(again.expect("revoke"), 0, "already revoked tokens are not counted twice");
+
+    let by_run = store.revoke(&revocation("beta", RevocationTarget::RunId("1".into()), 1_000)).await;
+    assert_eq!(by_run.expect("revoke"), 1);
+    let by_rule = store.revoke(&revocation("acme", RevocationTarget::Rule("deploy-api".into()), 1_000)).await;
+    assert_eq!(by_rule.expect("revoke"), 1);
+    let by_jti = store.revoke(&revocation("acme", RevocationTarget::Jti("old".into()), 1_000)).await;
+    assert_eq!(by_jti.expect("revoke"), 0, "an expired token needs no revocation");
+    assert_eq!(revoked(&store, &all).await, [true, true, true, true, false]);
+}
+
+pub(crate) async fn revoking_a_token_revokes_its_narrowed_descendants(store: Arc<dyn Storage>) {
+    grant(&store, issued("root", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    grant(&store, issued("sibling", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    store
+        .record_narrowing(narrowing("root", issued("child", "acme", "acme/web", "1", "deploy-web", 1_900)))
+        .await
+        .expect("child");
+    store
+        .record_narrowing(narrowing("child", issued("grandchild", "acme", "acme/web", "1", "deploy-web", 1_800)))
+        .await
+        .expect("grandchild");
+    let n = store.revoke(&revocation("acme", RevocationTarget::Jti("root".into()), 1_000)).await.expect("revoke");
+    assert_eq!(n, 3, "the token, its child and its grandchild");
+    assert_eq!(revoked(&store, &["root", "child", "grandchild", "sibling"]).await, [true, true, true, false]);
+
+    // Revoking a child leaves its parent alone.
+    store
+        .record_narrowing(narrowing("sibling", issued("nephew", "acme", "acme/web", "1", "deploy-web", 1_900)))
+        .await
+        .expect("nephew");
+    store.revoke(&revocation("acme", RevocationTarget::Jti("nephew".into()), 1_000)).await.expect("revoke");
+    assert_eq!(revoked(&store, &["sibling", "nephew"]).await, [false, true]);
+
+    // The narrowing is in the audit log, naming its parent.
+    let audit = store.audit_recent("acme", 10).await.expect("audit");
+    assert!(audit.iter().any(|a| a.token_jti.as_deref() == Some("child") && a.subject_jti.as_deref() == Some("root")));
+}
+
+pub(crate) async fn narrowing_a_revoked_token_writes_nothing(store: Arc<dyn Storage>) {
+    grant(&store, issued("parent", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    store.revoke(&revocation("acme", RevocationTarget::Jti("parent".into()), 1_000)).await.expect("revoke");
+    let before = store.audit_recent("acme", 10).await.expect("audit").len();
+    let result =
+        store.record_narrowing(narrowing("parent", issued("child", "acme", "acme/web", "1", "r", 1_900))).await;
+    assert!(matches!(result, Err(StorageError::Revoked)), "{result:?}");
+    assert_eq!(store.get_issued_token("child").await.expect("issued"), None);
+    assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), before, "no audit record either");
+}
+
+pub(crate) async fn revocation_feed_is_ordered_paged_and_drops_expired(store: Arc<dyn Storage>) {
+    grant(&store, issued("short", "acme", "acme/web", "1", "r", 1_100)).await;
+    grant(&store, issued("long-1", "acme", "acme/web", "2", "r", 5_000)).await;
+    grant(&store, issued("long-2", "beta", "beta/web", "3", "r", 5_000)).await;
+    for (org, jti) in [("acme", "short"), ("acme", "long-1"), ("beta", "long-2")] {
+        store.revoke(&revocation(org, RevocationTarget::Jti(jti.into()), 1_000)).await.expect("revoke");
+    }
+    let feed = store.revocation_feed(0, 1_000, 10).await.expect("feed");
+    assert_eq!(feed.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(), ["short", "long-1", "long-2"]);
+    assert!(feed.windows(2).all(|w| w[0].seq < w[1].seq), "strictly increasing positions");
+    assert_eq!((feed[2].org.as_str(), feed[2].expires_at, feed[2].revoked_at), ("beta", 5_000, 1_000));
+
+    let page = store.revocation_feed(0, 1_000, 2).await.expect("page");
+    let rest = store.revocation_feed(page[1].seq, 1_000, 2).await.expect("rest");
+    assert_eq!(rest.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(), ["long-2"]);
+    assert!(store.revocation_feed(rest[0].seq, 1_000, 2).await.expect("empty").is_empty());
+
+    let later = store.revocation_feed(0, 1_100, 10).await.expect("feed");
+    assert_eq!(later.iter().map(|e| e.jti.as_str()).collect::<Vec<_>>(), ["long-1", "long-2"], "expired dropped");
+    assert_eq!(store.purge_revocations(1_101).await.expect("purge"), 1);
+    assert!(!store.is_revoked("short").await.expect("is_revoked"), "purged");
+}
+
+pub(crate) async fn concurrent_revocations_count_each_token_once(store: Arc<dyn Storage>) {
+    for i in 0..5 {
+        grant(&store, issued(&format!("t{i}"), "acme", "acme/web", "7", "r", 2_000)).await;
+    }
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(
+                async move { store.revoke(&revocation("acme", RevocationTarget::RunId("7".into()), 1_000)).await },
+            )
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("task").expect("revoke");
+    }
+    assert_eq!(total, 5, "each token revoked exactly once across racing requests");
+    assert_eq!(store.revocation_feed(0, 1_000, 100).await.expect("feed").len(), 5);
+}
+
+pub(crate) async fn gitlab_pins_are_recorded(store: Arc<dyn Storage>) {
+    let pins = vec![
+        Pin {
+            issuer: "https://gitlab.com".into(),
+            kind: PinKind::Project,
+            name: "grp/app".into(),
+            id: "7".into(),
+            created_at: 1,
+        },
+        Pin {
+            issuer: "https://gitlab.com".into(),
+            kind: PinKind::Namespace,
+            name: "grp".into(),
+            id: "3".into(),
+            created_at: 1,
+        },
+    ];
+    store.record_exchange(exchange_with_pins("subject-1", "token-1", 1_000, pins.clone())).await.expect("gitlab pins");
+    let keys = vec![(PinKind::Project, "grp/app".to_owned()), (PinKind::Namespace, "grp".to_owned())];
+    assert_eq!(store.get_pins("https://gitlab.com", &keys).await.expect("pins"), pins);
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 use writ_core::policy::SourceFormat;
 use writ_server::app::{AppState, Clock, router};
+use writ_server::auth::CredentialHash;
 use writ_server::config::Config;
 use writ_server::policies::PolicyUpdate;
 use writ_server::storage::ManagedBy;
@@ -50,6 +51,19 @@ ref = "refs/heads/*"
 permissions = ["deploy", "logs:read"]
 "#;
 
+/// The operator root credential of every harness server (test-only).
+pub const ROOT_CREDENTIAL: &str = "writ_root_TEST-ONLY-0000000000000000000000000000000000";
+/// The secret of the `platform-api` introspection client (test-only).
+pub const INTROSPECTION_SECRET: &str = "test-only-introspection-secret";
+
+/// A response with its headers and raw body.
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
 pub struct Harness {
     pub issuer: FakeIssuer,
     pub state: AppState,
@@ -75,12 +89,19 @@ url = "sqlite://writ.db"
 deploy = "Deploy"
 "logs:read" = "Read logs"
 "metrics:read" = "Read metrics"
+[admin]
+root_credential_hash = "{root}"
+[[introspection.clients]]
+id = "platform-api"
+secret_hash = "{client}"
 [[issuers]]
 name = "github"
 kind = "github"
 url = "{}"
 "#,
-            issuer.url()
+            issuer.url(),
+            root = CredentialHash::of(ROOT_CREDENTIAL),
+            client = CredentialHash::of(INTROSPECTION_SECRET),
         );
         let config = Config::parse(&config, dir.path(), &|_| None).expect("config");
         let clock = Clock::pinned(now());
@@ -112,6 +133,7 @@ url = "{}"
                     managed_by: ManagedBy::Api,
                     expected_version: None,
                     origin: "policy.toml",
+                    author: None,
                 },
                 self.clock.now(),
             )
@@ -142,6 +164,23 @@ url = "{}"
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.send(Request::get(path).body(Body::empty()).expect("request")).await
+    }
+
+    /// Any request, with headers; the reply keeps headers and raw text.
+    pub async fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let request = builder.body(Body::from(body.unwrap_or_default().to_owned())).expect("request");
+        let response = self.router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        assert!(headers.contains_key("x-request-id"), "every response carries a request id");
+        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status, headers, text, json }
     }
 
     pub async fn send(&self, request: Request<Body>) -> (StatusCode, Value) {

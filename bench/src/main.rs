@@ -1,0 +1,561 @@
+//! writ-bench: the load generator of docs/PERFORMANCE.md. It starts (or
+//! points at) a `writ serve` on loopback, mints unique GitHub-shaped OIDC
+//! tokens with the testkit's fake issuer, drives `POST /v1/exchange` in a
+//! closed loop (fixed concurrency) and an open loop (fixed rate), and
+//! reports throughput, latency percentiles, errors, the server's CPU per
+//! exchange and the crypto ceiling measured in the same run.
+//!
+//! Every phase is bounded in requests and time, and load only ever goes to
+//! loopback addresses.
+
+mod ceiling;
+mod load;
+mod procstat;
+mod server;
+mod stats;
+mod tokens;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use serde_json::{Value, json};
+use writ_testkit::{FakeIssuer, IssuerShape};
+
+use crate::load::{Conn, Source, Target};
+use crate::procstat::ProcSample;
+use crate::stats::{Recorder, Summary, summarize};
+use crate::tokens::{Minter, TokenShape};
+
+/// Load generator for writ's token exchange (loopback only).
+#[derive(Debug, Parser)]
+#[command(name = "writ-bench", version, about)]
+struct Args {
+    /// A few-seconds run with small counts, for CI: proves the benchmark
+    /// still works, measures nothing worth quoting.
+    #[arg(long)]
+    smoke: bool,
+    /// Benchmark a server that is already running (http://127.0.0.1:PORT)
+    /// instead of starting `writ serve`. It must trust the fake issuer this
+    /// run starts (see --issuer-listen) and grant --org to --repository.
+    #[arg(long)]
+    server: Option<String>,
+    /// Process id of the --server, for its CPU seconds and memory.
+    #[arg(long, requires = "server")]
+    server_pid: Option<u32>,
+    /// The `writ` binary to start (default: `writ` next to this binary,
+    /// i.e. target/release/writ).
+    #[arg(long)]
+    writ_bin: Option<PathBuf>,
+    /// Where the started server keeps its SQLite file, policies and log
+    /// (default: a fresh temporary directory, removed afterwards). The
+    /// file system decides the cost of each fsync.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Closed loop: requests in flight; a comma-separated list runs one
+    /// phase per value.
+    #[arg(long, value_delimiter = ',', default_value = "64")]
+    concurrency: Vec<usize>,
+    /// Closed loop: requests per phase (each with its own token).
+    #[arg(long, default_value_t = 40_000)]
+    requests: usize,
+    /// Open loop: requests per second, or `half` for half the best
+    /// closed-loop throughput of this run.
+    #[arg(long, default_value = "half")]
+    rate: String,
+    /// Open loop: how long to send.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Open loop: most requests outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
+    /// Soak instead of the phases above: open loop at --rate (a number;
+    /// default 1800/s) for this long, minting tokens while sending, and
+    /// reporting the server's resident memory over time.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    soak: Option<Duration>,
+    /// Soak: seconds between report lines.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    report_every: Duration,
+    /// Threads minting tokens (default: one per core; 2 while soaking).
+    #[arg(long)]
+    mint_threads: Option<usize>,
+    /// Time spent measuring each crypto operation of the ceiling.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    ceiling_time: Duration,
+    /// The org to ask for.
+    #[arg(long, default_value = "bench")]
+    org: String,
+    /// The repository the tokens come from.
+    #[arg(long, default_value = "acme/web")]
+    repository: String,
+    /// The tokens' deployment environment.
+    #[arg(long, default_value = "production")]
+    environment: String,
+    /// Rules in the started server's policy for --org (the last matches).
+    #[arg(long, default_value_t = 10)]
+    rules: usize,
+    /// The `aud` of minted tokens (default: the started server's audience,
+    /// or the --server URL).
+    #[arg(long)]
+    audience: Option<String>,
+    /// Address of the fake issuer (fix the port when a --server must trust
+    /// it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    issuer_listen: std::net::SocketAddr,
+    /// The exchange path.
+    #[arg(long, default_value = "/v1/exchange")]
+    path: String,
+    /// The request body; `{token}` is replaced by the OIDC token and
+    /// `{org}` by --org.
+    #[arg(long, default_value = r#"{"token":"{token}","org":"{org}"}"#)]
+    body_template: String,
+    /// The request's Content-Type.
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+    /// Abort if the whole run takes longer than this (soak time is added).
+    #[arg(long, default_value = "20m", value_parser = humantime::parse_duration)]
+    max_time: Duration,
+    /// Print the results as one JSON document at the end as well.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.requests = args.requests.min(1500);
+        args.concurrency = vec![16];
+        args.duration = args.duration.min(Duration::from_secs(2));
+        args.ceiling_time = args.ceiling_time.min(Duration::from_millis(200));
+        args.report_every = args.report_every.min(Duration::from_secs(1));
+        if let Some(soak) = &mut args.soak {
+            *soak = (*soak).min(Duration::from_secs(3));
+        }
+    }
+    // One worker thread sends the load (plenty for a generator that only
+    // writes prepared bodies); minting uses its own threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let budget = args.max_time + args.soak.unwrap_or_default();
+    runtime.block_on(async {
+        tokio::time::timeout(budget, run(args))
+            .await
+            .map_err(|_| anyhow::anyhow!("the benchmark ran longer than --max-time; stopped"))?
+    })
+}
+
+/// The server under test, however it got there.
+struct Under {
+    target: Target,
+    pid: Option<u32>,
+    spawned: Option<server::Spawned>,
+    _dir: Option<tempfile::TempDir>,
+    audience: String,
+    description: String,
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (load, cpus) = procstat::load_and_cpus();
+    println!("writ-bench: {cpus} CPUs, load average {load:.2} at start");
+    if load > 0.5 {
+        println!("  note: the machine is busy; figures are noisy (ratios within this run stay comparable)");
+    }
+    let issuer = FakeIssuer::start_on(IssuerShape::GitHub, args.issuer_listen).await?;
+    let under = start_server(&args, &issuer).await?;
+    println!("server: {}", under.description);
+
+    let shape = TokenShape {
+        issuer: issuer.url(),
+        audience: under.audience.clone(),
+        repository: args.repository.clone(),
+        environment: (!args.environment.is_empty()).then(|| args.environment.clone()),
+        lifetime_secs: 900,
+        body_template: args.body_template.replace("{org}", &args.org),
+    };
+    let minter = Minter::new(issuer.current_key(), &shape)?;
+    let mint_threads = args.mint_threads.unwrap_or(procstat::load_and_cpus().1);
+
+    // Warm-up: the first exchange fetches the issuer's keys and pins the
+    // repository's ids; it also yields a real minted token, whose signing
+    // input sizes the Ed25519 part of the ceiling.
+    let probe_token = minter.token();
+    let mut conn = Conn::new(&under.target);
+    let probe_body = Bytes::from(shape.body_template.replace("{token}", &probe_token));
+    let (status, body) = conn.request(http::Method::POST, &args.path, probe_body).await?;
+    if status != 200 {
+        bail!("the warm-up exchange failed with HTTP {status}: {}", String::from_utf8_lossy(&body));
+    }
+    let signing_input = minted_signing_input(&body);
+    let jwk = issuer.current_key().public_jwk();
+    let ceiling_time = args.ceiling_time;
+    let measure_ceiling = {
+        let (probe_token, jwk, signing_input) = (probe_token.clone(), jwk.clone(), signing_input.clone());
+        move || ceiling::measure(&probe_token, &jwk, &signing_input, ceiling_time)
+    };
+    let first = tokio::task::spawn_blocking(measure_ceiling.clone()).await??;
+    println!(
+        "crypto ceiling (one core, before load): RS256 verify {:.1} µs + Ed25519 sign {:.1} µs = {:.0} exchanges/s",
+        first.verify_us,
+        first.sign_us,
+        first.per_core()
+    );
+
+    let mut report = json!({
+        "machine": { "cpus": cpus, "load_at_start": load },
+        "server": under.description,
+    });
+    if let Some(soak) = args.soak {
+        let rate: f64 = if args.rate == "half" { 1800.0 } else { args.rate.parse().context("--rate")? };
+        let soaked = soak_phase(&args, &under, &minter, rate, soak).await?;
+        report["soak"] = soaked;
+    } else {
+        let mut best = 0.0_f64;
+        let mut closed = Vec::new();
+        for &c in &args.concurrency {
+            let bodies = premint(&minter, args.requests, mint_threads).await?;
+            let phase = measure_phase(&under, || {
+                let target = under.target.clone();
+                let bodies = Arc::new(bodies);
+                async move {
+                    let rec = Arc::new(Recorder::default());
+                    let wall = load::closed_loop(&target, bodies, c, rec.clone()).await;
+                    (wall, rec)
+                }
+            })
+            .await?;
+            best = best.max(phase.throughput);
+            println!("closed loop, {c} in flight: {}", phase.line());
+            closed.push(phase.to_json(json!({"concurrency": c})));
+        }
+        report["closed_loop"] = json!(closed);
+
+        let rate = if args.rate == "half" { best / 2.0 } else { args.rate.parse::<f64>().context("--rate")? };
+        let total = ((rate * args.duration.as_secs_f64()).round() as usize).max(1);
+        let bodies = premint(&minter, total, mint_threads).await?;
+        let source = Arc::new(Source::Premint(Arc::new(bodies)));
+        let phase = measure_phase(&under, || {
+            let target = under.target.clone();
+            let max_in_flight = args.max_in_flight;
+            async move {
+                let rec = Arc::new(Recorder::default());
+                let wall = load::open_loop(&target, source, rate, total, max_in_flight, rec.clone()).await;
+                (wall, rec)
+            }
+        })
+        .await?;
+        println!("open loop at {rate:.0}/s (latency from intended send time): {}", phase.line());
+        report["open_loop"] = phase.to_json(json!({"rate": rate, "duration_s": args.duration.as_secs_f64()}));
+
+        let second = tokio::task::spawn_blocking(measure_ceiling).await??;
+        let ceiling = first.best(second);
+        let ratio = best / ceiling.per_core();
+        println!(
+            "crypto ceiling (one core, best of before/after): {:.1} + {:.1} µs = {:.0} exchanges/s",
+            ceiling.verify_us,
+            ceiling.sign_us,
+            ceiling.per_core()
+        );
+        println!(
+            "RESULT: best closed-loop {best:.0} exchanges/s = {ratio:.2} x the single-core crypto ceiling; \
+             open loop at {rate:.0}/s: p99 {:.2} ms",
+            phase.summary.p99
+        );
+        report["ceiling"] = ceiling.to_json();
+        report["best_throughput_per_s"] = json!(best);
+        report["ratio_to_single_core_ceiling"] = json!(ratio);
+    }
+    let (load_end, _) = procstat::load_and_cpus();
+    println!("load average {load_end:.2} at end");
+    report["machine"]["load_at_end"] = json!(load_end);
+    if let Some(s) = &under.spawned
+        && let Ok(sample) = procstat::sample(Some(s.pid))
+    {
+        println!("server memory: {:.1} MiB resident, peak {:.1} MiB", mib(sample.rss_kib), mib(sample.hwm_kib));
+        report["server_memory"] = json!({"rss_mib": mib(sample.rss_kib), "peak_mib": mib(sample.hwm_kib)});
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    drop(under);
+    Ok(())
+}
+
+async fn start_server(args: &Args, issuer: &FakeIssuer) -> anyhow::Result<Under> {
+    if let Some(url) = &args.server {
+        let (addr, host) = server::loopback_target(url)?;
+        println!("fake issuer for --server: {} (configure it as a trusted issuer)", issuer.url());
+        return Ok(Under {
+            target: Target { addr, host, path: args.path.clone(), content_type: args.content_type.clone() },
+            pid: args.server_pid,
+            spawned: None,
+            _dir: None,
+            audience: args.audience.clone().unwrap_or_else(|| url.trim_end_matches('/').to_owned()),
+            description: format!("{url} (running elsewhere)"),
+        });
+    }
+    let (dir, keep) = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::tempdir()?;
+            (t.path().to_owned(), Some(t))
+        }
+    };
+    let binary = args.writ_bin.clone().unwrap_or_else(server::default_binary);
+    // Waiting for the process blocks; the fake issuer must keep answering
+    // the server's discovery meanwhile, so wait off the runtime.
+    let (issuer_url, org, repository, environment, rules, dir_owned) = (
+        issuer.url(),
+        args.org.clone(),
+        args.repository.clone(),
+        (!args.environment.is_empty()).then(|| args.environment.clone()),
+        args.rules,
+        dir.clone(),
+    );
+    let spawned = tokio::task::spawn_blocking(move || {
+        server::spawn(&server::ServerSetup {
+            binary: &binary,
+            dir: &dir_owned,
+            issuer_url: &issuer_url,
+            org: &org,
+            repository: &repository,
+            environment: environment.as_deref(),
+            rules,
+        })
+    })
+    .await??;
+    let description = format!(
+        "{} (pid {}, started here; SQLite {} with WAL and synchronous=FULL; {} rules in org {:?}; log {})",
+        spawned.addr,
+        spawned.pid,
+        spawned.db_path.display(),
+        args.rules,
+        args.org,
+        if keep.is_some() { "discarded".to_owned() } else { spawned.log_path.display().to_string() },
+    );
+    Ok(Under {
+        target: Target {
+            addr: spawned.addr,
+            host: spawned.addr.to_string(),
+            path: args.path.clone(),
+            content_type: args.content_type.clone(),
+        },
+        pid: Some(spawned.pid),
+        spawned: Some(spawned),
+        _dir: keep,
+        audience: args.audience.clone().unwrap_or_else(|| server::SPAWNED_AUDIENCE.to_owned()),
+        description,
+    })
+}
+
+/// The signing input of the token in an exchange response, or a stand-in
+/// of typical size when the response has none (another server's shape).
+fn minted_signing_input(response: &[u8]) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(response).unwrap_or_default();
+    let token = v.get("token").or_else(|| v.get("access_token")).and_then(Value::as_str);
+    match token.and_then(|t| t.rsplit_once('.')) {
+        Some((input, _)) => input.as_bytes().to_vec(),
+        None => vec![b'x'; 1100],
+    }
+}
+
+async fn premint(minter: &Minter, n: usize, threads: usize) -> anyhow::Result<Vec<Bytes>> {
+    let minter = minter.clone();
+    let started = Instant::now();
+    let bodies = tokio::task::spawn_blocking(move || tokens::premint(&minter, n, threads)).await?;
+    if bodies.len() != n {
+        bail!("minted {} of {n} tokens", bodies.len());
+    }
+    eprintln!("  (minted {n} tokens on {threads} threads in {:.1} s)", started.elapsed().as_secs_f64());
+    Ok(bodies)
+}
+
+/// One measured phase.
+struct Phase {
+    wall: Duration,
+    ok: u64,
+    errors: u64,
+    error_classes: Value,
+    first_error: Option<String>,
+    throughput: f64,
+    summary: Summary,
+    server_cpu_us_per_exchange: Option<f64>,
+    server_cores: Option<f64>,
+    generator_cpu_us_per_request: f64,
+}
+
+impl Phase {
+    fn line(&self) -> String {
+        let mut s = format!(
+            "{} ok, {} errors in {:.2} s = {:.0} exchanges/s; {}",
+            self.ok,
+            self.errors,
+            self.wall.as_secs_f64(),
+            self.throughput,
+            self.summary
+        );
+        if let (Some(us), Some(cores)) = (self.server_cpu_us_per_exchange, self.server_cores) {
+            s.push_str(&format!("; server CPU {us:.0} µs/exchange ({cores:.2} cores busy)"));
+        }
+        s.push_str(&format!("; generator CPU {:.0} µs/request", self.generator_cpu_us_per_request));
+        if let Some(e) = &self.first_error {
+            s.push_str(&format!("\n  first error: {}", e.chars().take(300).collect::<String>()));
+        }
+        s
+    }
+
+    fn to_json(&self, mut extra: Value) -> Value {
+        extra["wall_s"] = json!(self.wall.as_secs_f64());
+        extra["ok"] = json!(self.ok);
+        extra["errors"] = json!(self.errors);
+        extra["error_classes"] = self.error_classes.clone();
+        extra["throughput_per_s"] = json!(self.throughput);
+        extra["latency"] = self.summary.to_json();
+        extra["server_cpu_us_per_exchange"] = json!(self.server_cpu_us_per_exchange);
+        extra["server_cores_busy"] = json!(self.server_cores);
+        extra["generator_cpu_us_per_request"] = json!(self.generator_cpu_us_per_request);
+        extra
+    }
+}
+
+async fn measure_phase<F, Fut>(under: &Under, run: F) -> anyhow::Result<Phase>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = (Duration, Arc<Recorder>)> + Send + 'static,
+{
+    let server_before = under.pid.map(|p| procstat::sample(Some(p))).transpose()?;
+    let self_before = procstat::sample(None)?;
+    let (wall, rec) = tokio::spawn(run()).await?;
+    let server_after = under.pid.map(|p| procstat::sample(Some(p))).transpose()?;
+    let self_after = procstat::sample(None)?;
+    let done = rec.finish();
+    let requests = (done.ok + done.error_count()).max(1);
+    let cpu = |a: Option<ProcSample>, b: Option<ProcSample>| a.zip(b).map(|(a, b)| b.cpu_secs - a.cpu_secs);
+    let server_cpu = cpu(server_before, server_after);
+    Ok(Phase {
+        wall,
+        ok: done.ok,
+        errors: done.error_count(),
+        error_classes: json!(done.errors),
+        first_error: done.first_error.clone(),
+        throughput: done.ok as f64 / wall.as_secs_f64(),
+        summary: summarize(&done.latencies_us),
+        server_cpu_us_per_exchange: server_cpu.map(|c| c * 1e6 / requests as f64),
+        server_cores: server_cpu.map(|c| c / wall.as_secs_f64()),
+        generator_cpu_us_per_request: (self_after.cpu_secs - self_before.cpu_secs) * 1e6 / requests as f64,
+    })
+}
+
+/// The soak: open loop at `rate` for `duration` with tokens minted while
+/// sending (so every `jti` is fresh and replay records expire and get
+/// purged as in production), reporting memory every `--report-every`.
+async fn soak_phase(args: &Args, under: &Under, minter: &Minter, rate: f64, duration: Duration) -> anyhow::Result<Value> {
+    let total = (rate * duration.as_secs_f64()).round() as usize;
+    // Real GitHub token lifetime: replay records then expire (exp + 60 s)
+    // during the soak, and the server's purge must keep up.
+    let mut minter = minter.clone();
+    minter.set_lifetime(writ_testkit::GITHUB_TOKEN_LIFETIME_SECS);
+    let threads = args.mint_threads.unwrap_or(2);
+    let capacity = (rate as usize).clamp(64, 20_000);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(capacity);
+    let stop = Arc::new(AtomicBool::new(false));
+    let minting = tokens::stream(minter, threads, tx, stop.clone());
+    println!(
+        "soak: {total} exchanges at {rate:.0}/s for {}, tokens minted on {threads} threads while sending",
+        humantime::format_duration(duration)
+    );
+    let rec = Arc::new(Recorder::default());
+    let source = Arc::new(Source::Stream(Arc::new(tokio::sync::Mutex::new(rx))));
+    let runner = {
+        let (target, rec) = (under.target.clone(), rec.clone());
+        let max_in_flight = args.max_in_flight;
+        tokio::spawn(async move { load::open_loop(&target, source, rate, total, max_in_flight, rec).await })
+    };
+    let started = Instant::now();
+    let server_before = under.pid.map(|p| procstat::sample(Some(p))).transpose()?;
+    let mut samples = Vec::new();
+    println!("  time    ok        errors  rate/s   p50 ms  p99 ms  max ms  server RSS MiB  db MiB  wal MiB");
+    let mut ticker = tokio::time::interval(args.report_every);
+    ticker.tick().await;
+    let mut last_ok = 0;
+    let mut last_at = Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = wait_finished(&runner) => {}
+        }
+        let (interval, ok, errors) = rec.take_interval();
+        let s = summarize(&interval);
+        let rss = under.pid.and_then(|p| procstat::sample(Some(p)).ok()).map(|s| mib(s.rss_kib));
+        let (db, wal) = under.spawned.as_ref().map_or((None, None), |sp| {
+            let size = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| m.len() as f64 / 1048576.0);
+            (size(&sp.db_path), size(&sp.db_path.with_extension("db-wal")))
+        });
+        let now = Instant::now();
+        let rate_now = (ok - last_ok) as f64 / now.duration_since(last_at).as_secs_f64();
+        (last_ok, last_at) = (ok, now);
+        let t = started.elapsed().as_secs_f64();
+        println!(
+            "  {t:>5.0}s  {ok:<9} {errors:<7} {rate_now:>7.0}  {:>6.2}  {:>6.2}  {:>6.2}  {:>14}  {:>6}  {:>7}",
+            s.p50,
+            s.p99,
+            s.max,
+            rss.map_or("-".into(), |r| format!("{r:.1}")),
+            db.map_or("-".into(), |r| format!("{r:.1}")),
+            wal.map_or("-".into(), |r| format!("{r:.1}")),
+        );
+        samples.push(json!({"t_s": t, "ok": ok, "errors": errors, "rate_per_s": rate_now,
+            "latency": s.to_json(), "server_rss_mib": rss, "db_mib": db, "wal_mib": wal}));
+        if runner.is_finished() {
+            break;
+        }
+    }
+    let wall = runner.await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(minting);
+    let server_after = under.pid.map(|p| procstat::sample(Some(p))).transpose()?;
+    let done = rec.finish();
+    let all = summarize(&done.latencies_us);
+    let rss: Vec<f64> = samples.iter().filter_map(|s| s["server_rss_mib"].as_f64()).collect();
+    let (rss_first, rss_max, rss_last) = (
+        rss.first().copied().unwrap_or(f64::NAN),
+        rss.iter().copied().fold(f64::NAN, f64::max),
+        rss.last().copied().unwrap_or(f64::NAN),
+    );
+    let cpu = server_before.zip(server_after).map(|(a, b)| (b.cpu_secs - a.cpu_secs) * 1e6 / done.ok.max(1) as f64);
+    println!(
+        "soak done: {} distinct jtis exchanged, {} errors in {:.0} s ({:.0}/s); {all}",
+        done.ok,
+        done.error_count(),
+        wall.as_secs_f64(),
+        done.ok as f64 / wall.as_secs_f64()
+    );
+    println!(
+        "  server RSS: first report {rss_first:.1} MiB, max {rss_max:.1} MiB, last {rss_last:.1} MiB{}",
+        cpu.map_or(String::new(), |c| format!("; server CPU {c:.0} µs/exchange"))
+    );
+    if let Some(e) = &done.first_error {
+        println!("  first error: {}", e.chars().take(300).collect::<String>());
+    }
+    Ok(json!({
+        "rate": rate, "duration_s": duration.as_secs_f64(), "ok": done.ok, "errors": done.error_count(),
+        "latency": all.to_json(), "server_cpu_us_per_exchange": cpu,
+        "rss_mib": {"first": rss_first, "max": rss_max, "last": rss_last}, "samples": samples,
+    }))
+}
+
+async fn wait_finished<T>(handle: &tokio::task::JoinHandle<T>) {
+    while !handle.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}

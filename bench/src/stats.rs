@@ -1,0 +1,154 @@
+//! Latency recording and summaries: every request's latency is kept (4
+//! bytes each), so percentiles are exact, not bucketed.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// What one load phase observed. Shared by the phase's workers.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    inner: Mutex<Recorded>,
+}
+
+/// The raw observations of a phase.
+#[derive(Debug, Default, Clone)]
+pub struct Recorded {
+    /// Latency of every answered request (success or HTTP error), in µs.
+    pub latencies_us: Vec<u32>,
+    /// Latencies since the last [`Recorder::take_interval`], in µs.
+    pub interval_us: Vec<u32>,
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Failures by class (`http 503`, `transport`, …).
+    pub errors: BTreeMap<String, u64>,
+    /// The first failure in full, to make a broken setup obvious.
+    pub first_error: Option<String>,
+}
+
+impl Recorder {
+    /// Records one request.
+    pub fn record(&self, latency: Duration, result: Result<(), (String, String)>) {
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        let mut r = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        r.latencies_us.push(us);
+        r.interval_us.push(us);
+        match result {
+            Ok(()) => r.ok += 1,
+            Err((class, detail)) => {
+                *r.errors.entry(class).or_default() += 1;
+                if r.first_error.is_none() {
+                    r.first_error = Some(detail);
+                }
+            }
+        }
+    }
+
+    /// Takes the latencies recorded since the previous call (for the
+    /// soak's per-interval lines) and the running totals.
+    pub fn take_interval(&self) -> (Vec<u32>, u64, u64) {
+        let mut r = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let errors = r.errors.values().sum();
+        (std::mem::take(&mut r.interval_us), r.ok, errors)
+    }
+
+    /// Everything recorded so far.
+    pub fn finish(&self) -> Recorded {
+        let mut r = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        r.interval_us = Vec::new();
+        r.clone()
+    }
+}
+
+impl Recorded {
+    /// Total failed requests.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Percentiles of a set of latencies, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Summary {
+    /// Number of samples.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+/// Summarizes latencies given in µs (nearest-rank percentiles).
+pub fn summarize(latencies_us: &[u32]) -> Summary {
+    if latencies_us.is_empty() {
+        return Summary::default();
+    }
+    let mut sorted = latencies_us.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        f64::from(sorted[rank - 1]) / 1000.0
+    };
+    Summary {
+        count: sorted.len(),
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: f64::from(sorted[sorted.len() - 1]) / 1000.0,
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
+}
+
+impl Summary {
+    /// As a JSON object.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "count": self.count, "p50_ms": self.p50, "p90_ms": self.p90,
+            "p99_ms": self.p99, "p999_ms": self.p999, "max_ms": self.max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let samples: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        let s = summarize(&samples);
+        assert_eq!((s.count, s.p50, s.p90, s.p99, s.max), (100, 50.0, 90.0, 99.0, 100.0));
+    }
+
+    #[test]
+    fn empty_is_zero() {
+        assert_eq!(summarize(&[]).count, 0);
+    }
+
+    #[test]
+    fn recorder_counts_errors_by_class_and_keeps_the_first() {
+        let r = Recorder::default();
+        r.record(Duration::from_millis(1), Ok(()));
+        r.record(Duration::from_millis(2), Err(("http 503".into(), "first".into())));
+        r.record(Duration::from_millis(3), Err(("http 503".into(), "second".into())));
+        let done = r.finish();
+        assert_eq!((done.ok, done.error_count(), done.first_error.as_deref()), (1, 2, Some("first")));
+        assert_eq!(done.latencies_us, vec![1000, 2000, 3000]);
+    }
+}

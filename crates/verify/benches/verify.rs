@@ -1,0 +1,2 @@
+//! Verification throughput (work in progress).
+fn main() {}
