@@ -51,7 +51,12 @@ impl Ceiling {
 /// `oidc_token` is a real subject token and `jwk` its issuer's public key;
 /// `signing_input` is what the server signs (`b64(header).b64(claims)` of a
 /// minted writ token), so message sizes match the exchange.
-pub fn measure(oidc_token: &str, jwk: &serde_json::Value, signing_input: &[u8], budget: Duration) -> anyhow::Result<Ceiling> {
+pub fn measure(
+    oidc_token: &str,
+    jwk: &serde_json::Value,
+    signing_input: &[u8],
+    budget: Duration,
+) -> anyhow::Result<Ceiling> {
     let jwk: Jwk = serde_json::from_value(jwk.clone()).context("the issuer's JWK does not parse")?;
     let key = DecodingKey::from_jwk(&jwk).context("the issuer's JWK is not a usable key")?;
     let (message, signature) = oidc_token.rsplit_once('.').context("the subject token is not a JWS")?;

@@ -125,8 +125,17 @@ struct Args {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let mut args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run_main(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_main(mut args: Args) -> anyhow::Result<()> {
     if args.smoke {
         args.requests = args.requests.min(1500);
         args.concurrency = vec![16];
@@ -455,7 +464,13 @@ where
 /// The soak: open loop at `rate` for `duration` with tokens minted while
 /// sending (so every `jti` is fresh and replay records expire and get
 /// purged as in production), reporting memory every `--report-every`.
-async fn soak_phase(args: &Args, under: &Under, minter: &Minter, rate: f64, duration: Duration) -> anyhow::Result<Value> {
+async fn soak_phase(
+    args: &Args,
+    under: &Under,
+    minter: &Minter,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<Value> {
     let total = (rate * duration.as_secs_f64()).round() as usize;
     // Real GitHub token lifetime: replay records then expire (exp + 60 s)
     // during the soak, and the server's purge must keep up.

@@ -1,21 +1,34 @@
 //! writ: the one operator and admin binary — `writ serve`, `writ dev`,
-//! `writ policy`.
+//! `writ policy`, and the remote admin commands (`writ org`, `writ audit`,
+//! `writ token`, `writ credential`, `writ completions`).
 
+mod admin_cmd;
 mod dev;
 mod policy_cmd;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Exit code: success (and, for `policy test`, "granted").
 pub const EXIT_OK: u8 = 0;
-/// Exit code: an error (bad input, unreadable file, server failure).
+/// Exit code: an error (unreadable file, unreachable server, server
+/// failure, anything not below).
 pub const EXIT_ERROR: u8 = 1;
-/// Exit code of `policy test` when the decision is a denial, and of
-/// `policy check` when the policy has errors.
+/// Exit code: denied or refused — `policy test` denied, `policy check`
+/// errors, a policy the server refused (lint errors, with file:line:column),
+/// any other 400 from the server, `token inspect` of an inactive token.
+/// (clap's own usage errors also exit 2.)
 pub const EXIT_DENIED: u8 = 2;
+/// Exit code: conflict — the policy changed since it was read (412), the
+/// org is file-managed or exists already (409), no precondition (428).
+pub const EXIT_CONFLICT: u8 = 3;
+/// Exit code: not authenticated or not allowed (401, 403), or no credential.
+pub const EXIT_AUTH: u8 = 4;
+/// Exit code: not found (404): no such org, policy version or token.
+pub const EXIT_NOT_FOUND: u8 = 5;
 
 /// writ trades a CI job's OIDC identity for a short-lived, narrowly scoped
 /// deploy token under the org's trust policy.
@@ -33,9 +46,51 @@ enum Command {
     /// Development helpers for `writ serve --dev`.
     #[command(subcommand)]
     Dev(DevCommand),
-    /// Check and test trust policies offline.
+    /// Trust policies: check and test offline; apply, get, history, diff
+    /// and test on a server.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Orgs on a server (root credential).
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Read an org's audit log: every decision with its explanation.
+    Audit(Box<admin_cmd::AuditArgs>),
+    /// Writ tokens: revoke, inspect, narrow.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Operator credentials.
+    #[command(subcommand)]
+    Credential(CredentialCommand),
+    /// Print shell completions: `writ completions bash > /etc/bash_completion.d/writ`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrgCommand {
+    /// Create an org, optionally with its first policy.
+    Create(admin_cmd::OrgCreateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Revoke your own token (RFC 7009), or an org's tokens by jti,
+    /// repository, run or rule (admin). Narrowed tokens go with them.
+    Revoke(admin_cmd::RevokeArgs),
+    /// Show a token's claims; with --server, whether it is active.
+    Inspect(admin_cmd::InspectArgs),
+    /// Exchange a writ token for a narrower one: fewer permissions, one
+    /// app or machine, a shorter life. Prints the new token.
+    Narrow(admin_cmd::NarrowArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CredentialCommand {
+    /// Generate an operator root credential and print the hash line for
+    /// the server config.
+    New,
 }
 
 #[derive(Debug, Args)]
@@ -75,9 +130,18 @@ enum DevCommand {
 enum PolicyCommand {
     /// Parse and lint policy files; errors carry file, line and column.
     Check(policy_cmd::CheckArgs),
-    /// Evaluate a policy against a claims file or a real token, offline,
-    /// and explain the decision.
+    /// Evaluate a policy against a claims file or a real token and explain
+    /// the decision: offline, or on the server with --org (dry run).
     Test(Box<policy_cmd::TestArgs>),
+    /// Store a policy file as the org's next version (linted first; refused
+    /// if the policy changed since it was read).
+    Apply(admin_cmd::ApplyArgs),
+    /// Print an org's current (or a past) policy.
+    Get(admin_cmd::GetArgs),
+    /// List an org's policy versions.
+    History(admin_cmd::HistoryArgs),
+    /// Show what `apply` would change: server version → file.
+    Diff(admin_cmd::DiffArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -101,13 +165,33 @@ fn main() -> ExitCode {
         Command::Dev(DevCommand::Token(args)) => run_async(dev::token(args)),
         Command::Policy(PolicyCommand::Check(args)) => policy_cmd::check(args),
         Command::Policy(PolicyCommand::Test(args)) => run_async(policy_cmd::test(*args)),
+        Command::Policy(PolicyCommand::Apply(args)) => run_async(admin_cmd::apply(args)),
+        Command::Policy(PolicyCommand::Get(args)) => run_async(admin_cmd::get(args)),
+        Command::Policy(PolicyCommand::History(args)) => run_async(admin_cmd::history(args)),
+        Command::Policy(PolicyCommand::Diff(args)) => run_async(admin_cmd::diff(args)),
+        Command::Org(OrgCommand::Create(args)) => run_async(admin_cmd::org_create(args)),
+        Command::Audit(args) => run_async(admin_cmd::audit(*args)),
+        Command::Token(TokenCommand::Revoke(args)) => run_async(admin_cmd::revoke(args)),
+        Command::Token(TokenCommand::Inspect(args)) => run_async(admin_cmd::inspect(args)),
+        Command::Token(TokenCommand::Narrow(args)) => run_async(admin_cmd::narrow(args)),
+        Command::Credential(CredentialCommand::New) => admin_cmd::credential_new(),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "writ", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_ERROR)
-        }
+        Err(e) => match e.downcast_ref::<remote::Failure>() {
+            Some(failure) => {
+                eprintln!("error: {failure}");
+                ExitCode::from(failure.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        },
     }
 }
 

@@ -38,8 +38,21 @@ pub struct CheckArgs {
 /// `writ policy test` arguments.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// The policy file.
-    file: PathBuf,
+    /// The policy file. With --org, a candidate evaluated on the server
+    /// instead of the org's current policy.
+    #[arg(required_unless_present = "org")]
+    file: Option<PathBuf>,
+    /// Evaluate on the server (dry run: real pins, nothing issued or
+    /// consumed) against this org's current policy, or against FILE.
+    #[arg(long)]
+    org: Option<String>,
+    /// The writ server, for --org.
+    #[arg(long, env = "WRIT_SERVER", requires = "org")]
+    server: Option<String>,
+    /// The admin credential for --org (`--token` here is the OIDC token
+    /// to test).
+    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// A JSON file of claims, as the issuer would sign them.
     #[arg(long, conflicts_with = "token", required_unless_present = "token")]
     claims: Option<PathBuf>,
@@ -153,10 +166,30 @@ pub fn check(args: CheckArgs) -> anyhow::Result<u8> {
 /// Evaluates a policy offline and explains the decision; exit 0 granted,
 /// 2 denied.
 pub async fn test(args: TestArgs) -> anyhow::Result<u8> {
+    if let Some(org) = &args.org {
+        let remote = crate::remote::Remote::new(&crate::remote::RemoteArgs {
+            server: args.server.clone(),
+            token: args.admin_token.clone(),
+        })?;
+        let dry_run = crate::admin_cmd::DryRun {
+            org,
+            candidate: args.file.as_deref(),
+            claims: args.claims.as_deref(),
+            token: args.token.as_deref(),
+            issuer: args.issuer.as_deref(),
+            permissions: &args.permissions,
+            apps: &args.apps,
+            machines: &args.machines,
+            ttl: args.ttl.map(|t| t.to_string()),
+            json: args.json,
+        };
+        return crate::admin_cmd::dry_run(&remote, dry_run).await;
+    }
+    let file = args.file.clone().context("give the policy FILE to test offline, or --org ORG to test on the server")?;
     let setup = setup(&args.catalogue)?;
-    let source = read(&args.file)?;
-    let origin = args.file.display().to_string();
-    let (policy, warnings) = compile(&source, format_of(&args.file), &setup.catalogue, &origin)?;
+    let source = read(&file)?;
+    let origin = file.display().to_string();
+    let (policy, warnings) = compile(&source, format_of(&file), &setup.catalogue, &origin)?;
     if !warnings.is_empty() {
         eprintln!("{}", render_diagnostics(&origin, &warnings));
     }

@@ -5,8 +5,6 @@
 //! Run with `cargo bench -p writ-core`; figures and method are in
 //! docs/PERFORMANCE.md. Nothing here asserts a time.
 
-#![expect(missing_docs, reason = "criterion_group! and criterion_main! generate undocumented items")]
-
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -29,8 +27,7 @@ const NOW: i64 = 1_900_000_000;
 /// A realistic GitHub deploy token, its issuer's keys and spec.
 fn subject_token() -> (String, JwkSet, IssuerSpec) {
     let key = TestKey::generate("bench-key");
-    let claims =
-        GitHubClaims::new(ISSUER, AUDIENCE, "acme/web", NOW).environment("production").build();
+    let claims = GitHubClaims::new(ISSUER, AUDIENCE, "acme/web", NOW).environment("production").build();
     let keys: JwkSet = serde_json::from_value(key.public_jwks()).expect("testkit JWKS parses");
     (key.sign(&claims), keys, IssuerSpec::new("github", IssuerKind::GitHub, ISSUER))
 }

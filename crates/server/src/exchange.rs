@@ -7,6 +7,10 @@
 //! audit in ONE transaction, and only then return the token. A failure to
 //! record means no token. A denial is audited but does not consume the
 //! subject token's `jti`.
+//!
+//! A writ token presented as the subject token is not an OIDC identity:
+//! it takes the narrowing path ([`crate::narrow`]), which can only ever
+//! give less than the token already has.
 
 use std::time::Duration;
 

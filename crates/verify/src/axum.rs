@@ -317,7 +317,10 @@ mod tests {
             answer.challenge.as_deref(),
             Some(r#"Bearer error="invalid_token", error_description="token signature does not verify""#)
         );
-        assert_eq!(answer.body, json!({"error": "invalid_token", "error_description": "token signature does not verify"}));
+        assert_eq!(
+            answer.body,
+            json!({"error": "invalid_token", "error_description": "token signature does not verify"})
+        );
     }
 
     #[tokio::test]

@@ -166,7 +166,9 @@ impl VerifyError {
 #[non_exhaustive]
 pub enum SetupError {
     /// The configured leeway is above [`MAX_LEEWAY`](crate::MAX_LEEWAY).
-    #[error("leeway {leeway:?} is above the {max:?} maximum: every second of leeway lengthens the life of a leaked token")]
+    #[error(
+        "leeway {leeway:?} is above the {max:?} maximum: every second of leeway lengthens the life of a leaked token"
+    )]
     Leeway {
         /// The configured leeway.
         leeway: Duration,

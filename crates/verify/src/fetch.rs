@@ -139,8 +139,7 @@ pub(crate) async fn get_json<T: DeserializeOwned>(
     max_body: usize,
 ) -> Result<T, FetchError> {
     let request_error = |source| FetchError::Request { what, url: url.to_owned(), source };
-    let mut response =
-        client.get(url).header(ACCEPT, "application/json").send().await.map_err(request_error)?;
+    let mut response = client.get(url).header(ACCEPT, "application/json").send().await.map_err(request_error)?;
     let status = response.status();
     if !status.is_success() {
         return Err(FetchError::Status { what, url: url.to_owned(), status: status.as_u16() });
@@ -246,7 +245,8 @@ mod tests {
         for ok in ["https://writ.example.com", "http://127.0.0.1:8080", "http://localhost:1/x", "http://[::1]:9/"] {
             assert!(is_allowed_url(ok), "{ok}");
         }
-        for refused in ["http://writ.example.com", "http://10.0.0.1/jwks", "ftp://127.0.0.1/", "file:///etc/passwd", ""] {
+        for refused in ["http://writ.example.com", "http://10.0.0.1/jwks", "ftp://127.0.0.1/", "file:///etc/passwd", ""]
+        {
             assert!(!is_allowed_url(refused), "{refused}");
         }
     }

@@ -85,6 +85,17 @@ pub enum Target<'a> {
     Machine(&'a str),
 }
 
+/// `app web`, `machine vm-7`, `the whole org`: for log lines.
+impl std::fmt::Display for Target<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Org => f.write_str("the whole org"),
+            Target::App(app) => write!(f, "app {app}"),
+            Target::Machine(id) => write!(f, "machine {id}"),
+        }
+    }
+}
+
 /// The target of a refused action, owned, as [`Denied`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeniedTarget {
@@ -206,7 +217,8 @@ impl Grant {
 
     /// Whether `target` is within the token's app and machine limits.
     fn reaches(&self, target: Target<'_>) -> bool {
-        let listed = |list: &Option<Vec<String>>, name: &str| list.as_ref().is_some_and(|l| l.iter().any(|n| n == name));
+        let listed =
+            |list: &Option<Vec<String>>, name: &str| list.as_ref().is_some_and(|l| l.iter().any(|n| n == name));
         let unrestricted = self.apps.is_none() && self.machines.is_none();
         match target {
             _ if unrestricted => true,
@@ -325,10 +337,7 @@ mod tests {
     #[test]
     fn the_org_must_match_exactly() {
         let g = grant(None, None);
-        assert_eq!(
-            refused(&g, "acme-staging", "deploy", Target::Org),
-            "token is for org acme-prod, not acme-staging"
-        );
+        assert_eq!(refused(&g, "acme-staging", "deploy", Target::Org), "token is for org acme-prod, not acme-staging");
         assert_eq!(refused(&g, "ACME-PROD", "deploy", Target::Org), "token is for org acme-prod, not ACME-PROD");
     }
 
@@ -336,7 +345,10 @@ mod tests {
     fn a_missing_permission_names_what_the_token_has() {
         let mut g = grant(None, None);
         g.permissions = vec!["logs:read".into()];
-        assert_eq!(refused(&g, "acme-prod", "deploy", Target::App("web")), "token lacks permission deploy (has logs:read)");
+        assert_eq!(
+            refused(&g, "acme-prod", "deploy", Target::App("web")),
+            "token lacks permission deploy (has logs:read)"
+        );
         g.permissions.clear();
         assert_eq!(refused(&g, "acme-prod", "deploy", Target::Org), "token lacks permission deploy (has none)");
         let denied = g.require("acme-prod", "deploy", Target::Org).expect_err("refused");
@@ -361,7 +373,10 @@ mod tests {
     fn an_app_limited_token_reaches_only_its_apps() {
         let g = grant(Some(&["web"]), None);
         assert_eq!(g.require("acme-prod", "deploy", Target::App("web")), Ok(()));
-        assert_eq!(refused(&g, "acme-prod", "deploy", Target::App("billing")), "token is limited to apps web; not billing");
+        assert_eq!(
+            refused(&g, "acme-prod", "deploy", Target::App("billing")),
+            "token is limited to apps web; not billing"
+        );
         assert_eq!(
             refused(&g, "acme-prod", "deploy", Target::Machine("vm-1")),
             "token is limited to apps web; not machine vm-1"
@@ -385,7 +400,10 @@ mod tests {
             refused(&g, "acme-prod", "deploy", Target::Machine("vm-8")),
             "token is limited to machines vm-7; not vm-8"
         );
-        assert_eq!(refused(&g, "acme-prod", "deploy", Target::App("web")), "token is limited to machines vm-7; not app web");
+        assert_eq!(
+            refused(&g, "acme-prod", "deploy", Target::App("web")),
+            "token is limited to machines vm-7; not app web"
+        );
     }
 
     #[test]
@@ -399,6 +417,13 @@ mod tests {
         );
         let g = grant(Some(&[]), None);
         assert_eq!(refused(&g, "acme-prod", "deploy", Target::App("web")), "token is limited to apps none; not web");
+    }
+
+    #[test]
+    fn targets_display_for_logs() {
+        assert_eq!(Target::App("web").to_string(), "app web");
+        assert_eq!(Target::Machine("vm-7").to_string(), "machine vm-7");
+        assert_eq!(Target::Org.to_string(), "the whole org");
     }
 
     #[test]

@@ -34,11 +34,8 @@ impl Key {
 
     /// Signs `claims` under `header`, both taken verbatim.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
-        let mut jws = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
+        let mut jws =
+            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
         let signature = self.pair.sign(jws.as_bytes());
         jws.push('.');
         jws.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));

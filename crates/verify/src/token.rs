@@ -150,7 +150,7 @@ fn check_claims(mut claims: Map<String, Value>, checks: &Checks, now: i64) -> Re
     }
 
     let audiences = audiences(claims.remove("aud"))?;
-    if !audiences.iter().any(|a| *a == checks.audience) {
+    if !audiences.contains(&checks.audience) {
         return Err(VerifyError::Audience { expected: checks.audience.clone(), got: audiences });
     }
 

@@ -360,5 +360,5 @@ async fn background(inner: Weak<Inner>, mut next_feed: Option<Instant>) {
 
 /// The system clock in seconds since the Unix epoch.
 fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| secs(d))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, secs)
 }

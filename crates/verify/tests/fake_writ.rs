@@ -131,11 +131,8 @@ async fn known_keys_keep_verifying_while_writ_is_down() {
 async fn the_background_refresh_learns_a_prepublished_key_before_it_signs() {
     let old = new_key("k1");
     let writ = FakeWrit::start(&[&old]).await;
-    let config = VerifierConfig {
-        keys_max_age: Duration::from_secs(1),
-        refresh_cooldown: Duration::from_secs(1),
-        ..config()
-    };
+    let config =
+        VerifierConfig { keys_max_age: Duration::from_secs(1), refresh_cooldown: Duration::from_secs(1), ..config() };
     let verifier = discover(&writ, config).await;
     let new = new_key("k2");
     writ.publish(&new);

@@ -144,10 +144,7 @@ async fn an_exchanged_token_verifies_into_its_grant() {
     assert_eq!(denied("acme-staging", "deploy", Target::App("web")), "token is for org acme-prod, not acme-staging");
     assert_eq!(denied("acme-prod", "logs:read", Target::App("web")), "token lacks permission logs:read (has deploy)");
     assert_eq!(denied("acme-prod", "deploy", Target::App("billing")), "token is limited to apps web; not billing");
-    assert_eq!(
-        denied("acme-prod", "deploy", Target::Org),
-        "token is limited to apps web; not the whole org acme-prod"
-    );
+    assert_eq!(denied("acme-prod", "deploy", Target::Org), "token is limited to apps web; not the whole org acme-prod");
 }
 
 #[tokio::test]

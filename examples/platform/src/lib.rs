@@ -183,14 +183,17 @@ fn authorize(grant: &Grant, org: &str, permission: &str, target: Target<'_>) -> 
         Ok(()) => {
             tracing::info!(
                 org, permission, subject = grant.subject(), jti = grant.jti(), repository = ?grant.provenance().repository,
-                "allowed {permission} on {target:?} in {org} for {}", grant.subject()
+                "allowed {permission} on {target} of {org} for {}", grant.subject()
             );
             Ok(())
         }
         Err(denied) => {
             tracing::info!(
-                org, permission, subject = grant.subject(), jti = grant.jti(),
-                "denied {permission} on {target:?} in {org}: {denied}"
+                org,
+                permission,
+                subject = grant.subject(),
+                jti = grant.jti(),
+                "denied {permission} on {target} of {org}: {denied}"
             );
             Err(Rejection::from(denied).into())
         }

@@ -55,7 +55,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
         None => DEMO_SEED.to_owned(),
     };
-    let seed: Seed = serde_json::from_str(&seed_text).context("the seed is not {\"orgs\": {name: {apps, machines}}}")?;
+    let seed: Seed =
+        serde_json::from_str(&seed_text).context("the seed is not {\"orgs\": {name: {apps, machines}}}")?;
     let verifier = discover(&args).await?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -250,7 +250,8 @@ async fn a_token_narrowed_from_a_revoked_token_is_refused() {
     let key = Key::new("k1");
     let v = verifier(&[&key]);
     let now = super::unix_now();
-    let child = key.sign(&with(claims(), json!({"iat": now, "nbf": now, "exp": now + 300, "jti": "child", "parent": "p"})));
+    let child =
+        key.sign(&with(claims(), json!({"iat": now, "nbf": now, "exp": now + 300, "jti": "child", "parent": "p"})));
     assert_eq!(v.verify_at(&child, now).await.expect("valid").parent(), Some("p"));
     // The server lists narrowed tokens with their parent; refusing on the
     // parent too keeps a child out even from a feed that lists only it.

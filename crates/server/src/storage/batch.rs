@@ -1,0 +1,208 @@
+//! Group commit: the exchange path's writes from many concurrent requests
+//! share one transaction, and so one fsync, without giving up any
+//! request's atomicity or durability.
+//!
+//! Callers hand their [`Write`] to one writer task through a bounded queue
+//! and wait. The writer takes everything queued (up to [`MAX_BATCH`]), has
+//! the backend ([`BatchWriter`]) write it in one transaction in which a
+//! replay or pin conflict fails only its own write, commits once, and only
+//! then answers each caller with its own result:
+//!
+//! - **Durability is unchanged.** A caller hears `Ok` only after the commit
+//!   that holds its write returned, and that commit syncs like any other
+//!   (SQLite: `synchronous = FULL`). "No audit record, no token" holds per
+//!   request.
+//! - **Atomicity is per write.** Each write commits whole or not at all; a
+//!   failed commit fails every write of the batch, and none is visible.
+//! - **Throughput follows concurrency.** While one batch syncs (milliseconds
+//!   on real disks) the next one fills, so the rate is no longer bounded by
+//!   one fsync per exchange. An idle server commits a lone write at once:
+//!   there is no timer and no added latency.
+//!
+//! The queue is bounded ([`QUEUE_CAPACITY`]): when storage falls behind,
+//! requests wait for a slot instead of piling up in memory.
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AuditRecord, ExchangeRecord, StorageError};
+
+/// Most writes committed in one transaction. Bounds the time one commit
+/// holds the write lock and the work lost to a failed commit.
+pub const MAX_BATCH: usize = 512;
+
+/// Writes that may wait for the writer at once.
+pub const QUEUE_CAPACITY: usize = 4096;
+
+/// One write of the exchange path.
+#[derive(Debug)]
+pub enum Write {
+    /// A granted exchange ([`super::Storage::record_exchange`]).
+    Exchange(ExchangeRecord),
+    /// A denial's audit record ([`super::Storage::record_denial`]).
+    Denial(AuditRecord),
+}
+
+/// A backend's way to write a batch in one transaction.
+#[async_trait::async_trait]
+pub trait BatchWriter: Send + Sync + 'static {
+    /// Writes `writes` in one transaction and commits it. Returns one result
+    /// per write, in order, when the transaction committed (a write that
+    /// failed on its own — replay, pin conflict — left no trace in it), or
+    /// the error that stopped the whole batch (nothing of it committed).
+    async fn write_batch(&self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError>;
+}
+
+/// The handle callers write through. Cloning shares the writer.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    queue: mpsc::Sender<Job>,
+}
+
+struct Job {
+    write: Write,
+    reply: oneshot::Sender<Result<(), StorageError>>,
+}
+
+impl GroupCommit {
+    /// Starts the writer task on the current Tokio runtime. It ends when the
+    /// last handle is dropped.
+    pub fn start<W: BatchWriter>(writer: W) -> GroupCommit {
+        let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(run(writer, jobs));
+        GroupCommit { queue }
+    }
+
+    /// Queues `write` and waits until the batch holding it has committed
+    /// (or failed).
+    ///
+    /// If the caller stops waiting (its request was cancelled), the write
+    /// still commits with its batch: like a commit that finishes just
+    /// before the client hangs up, the token is recorded but never sent.
+    pub async fn write(&self, write: Write) -> Result<(), StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Job { write, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StorageError {
+    StorageError::Unavailable("the storage writer has stopped".into())
+}
+
+async fn run<W: BatchWriter>(writer: W, mut jobs: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (writes, replies): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, j.reply)).unzip();
+        match writer.write_batch(&writes).await {
+            Ok(results) if results.len() == writes.len() => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    // A caller that stopped waiting needs no answer.
+                    let _ = reply.send(result);
+                }
+            }
+            Ok(results) => {
+                tracing::error!(writes = writes.len(), results = results.len(), "batch writer answered the wrong count");
+                for reply in replies {
+                    let _ = reply.send(Err(StorageError::other("storage batch writer answered the wrong count")));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(copy_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The batch's error for each of its callers, keeping its class (the
+/// server answers `Unavailable` with 503 and `Retry-After`).
+fn copy_error(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::Replay => StorageError::Replay,
+        StorageError::PinConflict { kind, name, pinned_id, presented_id } => StorageError::PinConflict {
+            kind: *kind,
+            name: name.clone(),
+            pinned_id: pinned_id.clone(),
+            presented_id: presented_id.clone(),
+        },
+        StorageError::VersionConflict { current } => StorageError::VersionConflict { current: *current },
+        StorageError::Unavailable(source) => StorageError::Unavailable(source.to_string().into()),
+        StorageError::Other(source) => StorageError::Other(source.to_string().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::storage::Outcome;
+
+    /// Records batch sizes; fails writes whose audit org is "replay", and
+    /// whole batches that contain org "broken".
+    #[derive(Default)]
+    struct Fake {
+        batches: Arc<std::sync::Mutex<Vec<usize>>>,
+        in_flight: Arc<AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl BatchWriter for Fake {
+        async fn write_batch(&self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+            assert_eq!(self.in_flight.fetch_add(1, Ordering::SeqCst), 0, "one batch at a time");
+            tokio::task::yield_now().await;
+            self.batches.lock().expect("lock").push(writes.len());
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            let org = |w: &Write| match w {
+                Write::Exchange(r) => r.audit.org.clone(),
+                Write::Denial(a) => a.org.clone(),
+            };
+            if writes.iter().any(|w| org(w) == "broken") {
+                return Err(StorageError::Unavailable("disk full".into()));
+            }
+            Ok(writes.iter().map(|w| if org(w) == "replay" { Err(StorageError::Replay) } else { Ok(()) }).collect())
+        }
+    }
+
+    fn denial(org: &str) -> Write {
+        Write::Denial(AuditRecord::new(1, "req", org, Outcome::Denied))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_batches_and_get_their_own_results() {
+        let fake = Fake::default();
+        let batches = fake.batches.clone();
+        let commits = GroupCommit::start(fake);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let commits = commits.clone();
+                tokio::spawn(async move {
+                    let org = if i % 10 == 0 { "replay" } else { "ok" };
+                    (org, commits.write(denial(org)).await)
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (org, result) = t.await.expect("task");
+            match org {
+                "replay" => assert!(matches!(result, Err(StorageError::Replay)), "{result:?}"),
+                _ => assert!(result.is_ok(), "{result:?}"),
+            }
+        }
+        let batches = batches.lock().expect("lock");
+        assert_eq!(batches.iter().sum::<usize>(), 200);
+        assert!(batches.iter().all(|&n| n <= MAX_BATCH));
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_caller_with_its_class() {
+        let commits = GroupCommit::start(Fake::default());
+        let (a, b) = tokio::join!(commits.write(denial("broken")), commits.write(denial("ok")));
+        assert!(matches!(a, Err(StorageError::Unavailable(_))), "{a:?}");
+        // "ok" either shared the broken batch (and failed with it) or
+        // committed alone; it is never told Ok for a batch that failed.
+        assert!(b.is_ok() || matches!(b, Err(StorageError::Unavailable(_))), "{b:?}");
+    }
+}
