@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -14,70 +14,11 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use writ_testkit::{FakeIssuer, IssuerShape};
 
-// ---------------------------------------------------------------------------
-// Binaries and the server (the pattern of e2e.rs, copied to keep the two
-// test files independent).
-
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned()
-}
-
-/// A binary that `cargo test --workspace` built next to this test.
-fn built(name: &str, package: &str) -> PathBuf {
-    let bin = bin_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p {package}` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
-fn writ_bin() -> PathBuf {
-    built("writ", "writ-cli")
-}
+mod common;
+use common::{Server, built, free_port, now, repo_root};
 
 fn writ_action_bin() -> PathBuf {
     built("writ-action", "writ-action")
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
-
-/// A running `writ serve` child, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-async fn wait_ready(url: &str, child: &mut Child) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("writ serve exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "writ serve did not become ready at {url}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const POLICY: &str = r#"
@@ -128,21 +69,7 @@ secret_hash = "sha256:{}"
     );
     let path = dir.join("writ.toml");
     std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(writ_bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn writ serve");
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url, &mut child).await;
-    Server { child, url }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+    Server::start(&path, format!("http://127.0.0.1:{port}")).await
 }
 
 // ---------------------------------------------------------------------------

@@ -3,45 +3,23 @@
 //! typo then fixed, dry-run, exchange, audit, narrow, revoke, inspect),
 //! cross-org attempts, a conflicting apply, and the documented exit codes.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 use writ_server::auth::CredentialHash;
+mod common;
+use common::{free_port, writ_bin};
 use writ_testkit::{FakeIssuer, IssuerShape};
 
 const ROOT: &str = "writ_root_TEST-ONLY-e2e-00000000000000000000000000000000";
 const CLIENT_SECRET: &str = "test-only-platform-secret";
 
-fn writ_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = dir.join(format!("writ{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p writ-cli` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
-/// A running `writ serve` child, killed on drop.
+/// A running `writ serve` child with its working directory.
 struct Server {
-    child: Child,
+    /// Keeps the child alive (killed on drop).
+    _process: common::Server,
     url: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 async fn serve(issuer: &FakeIssuer) -> Server {
@@ -76,29 +54,9 @@ url = "{issuer}"
     );
     let path = dir.path().join("writ.toml");
     std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(writ_bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn writ serve");
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("writ serve exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "writ serve did not become ready at {url}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server { child, url, dir }
+    let inner = common::Server::start(&path, url.clone()).await;
+    Server { _process: inner, url, dir }
 }
 
 impl Server {

@@ -3,63 +3,15 @@
 //! walk-through as printed, and the offline `policy check` / `policy test`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use writ_testkit::{FakeIssuer, IssuerShape};
 
-/// The `writ` binary that `cargo test --workspace` built next to this test.
-fn writ_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let bin = dir.join(format!("writ{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p writ-cli` (cargo test --workspace builds it)",
-        bin.display()
-    );
-    bin
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
-
-/// A running `writ serve` child, killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-async fn wait_ready(url: &str, child: &mut Child) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("writ serve exited early with {status}");
-        }
-        assert!(Instant::now() < deadline, "writ serve did not become ready at {url}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+mod common;
+use common::{Server, free_port, now, repo_root, writ_bin};
 
 const POLICY: &str = r#"
 org = "acme-prod"
@@ -101,16 +53,7 @@ url = "{}"
     );
     let path = dir.join("writ.toml");
     std::fs::write(&path, config).expect("config");
-    let mut child = Command::new(writ_bin())
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn writ serve");
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url, &mut child).await;
-    Server { child, url }
+    Server::start(&path, format!("http://127.0.0.1:{port}")).await
 }
 
 async fn post_json(url: &str, body: &Value) -> (u16, Value) {
@@ -318,8 +261,4 @@ fn policy_test_verifies_a_real_github_token_with_pinned_keys() {
     let today = run(None);
     assert_eq!(today.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&today.stderr).contains("expired"), "{}", String::from_utf8_lossy(&today.stderr));
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
 }

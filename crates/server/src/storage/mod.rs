@@ -8,6 +8,7 @@
 //! Times are seconds since the Unix epoch (`i64`), passed in by the caller
 //! like everywhere else in writ, so tests control the clock.
 
+pub(crate) mod batch;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;

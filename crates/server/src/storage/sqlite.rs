@@ -9,12 +9,16 @@
 //!
 //! Durability: `synchronous = FULL` syncs the WAL on every commit, so a
 //! committed audit record survives a power loss, which `NORMAL` in WAL mode
-//! does not promise. That costs one fsync per exchange; group commit (many
-//! exchanges per transaction) can win the throughput back later without
-//! weakening this.
+//! does not promise. The exchange path's writes are group-committed
+//! ([`super::batch`], [`group`]): concurrent exchanges share one transaction
+//! and one fsync, and each caller is answered only after that commit.
 
+mod group;
+
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretSlice};
@@ -25,6 +29,7 @@ use sqlx::sqlite::{
 };
 use uuid::Uuid;
 
+use super::batch::{GroupCommit, Write};
 use super::{
     AuditQuery, AuditRecord, ExchangeRecord, IssuedToken, ManagedBy, NarrowRecord, NewOrg, NewPolicy, OrgRecord,
     Outcome, Pin, PinKind, PolicyFormat, Revocation, RevocationEntry, Storage, StorageError, StoredPolicy,
@@ -67,6 +72,42 @@ impl Default for SqliteConfig {
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// The exchange path's writes, group-committed through `writer`.
+    commits: GroupCommit,
+    /// Pins already read or written, so most exchanges look none up.
+    pins: Arc<PinCache>,
+}
+
+/// Most pins kept in [`PinCache`]; when full it starts over (a miss only
+/// costs a read).
+const PIN_CACHE_CAPACITY: usize = 100_000;
+
+/// Recorded pins, by (issuer, kind, lowercased name).
+///
+/// Only pins that exist are cached, and that is safe because a pin never
+/// changes once recorded: `insert_pin` never overwrites one, and nothing
+/// deletes one. A code path that ever rewrites or deletes pins must clear
+/// this cache. A pin recorded by another process (a CLI command, another
+/// replica) is simply not cached yet: the lookup reads it, and the
+/// transactional check in `insert_pin` holds regardless.
+#[derive(Debug, Default)]
+struct PinCache {
+    pins: RwLock<HashMap<(String, PinKind, String), Pin>>,
+}
+
+impl PinCache {
+    fn get(&self, issuer: &str, kind: PinKind, name: &str) -> Option<Pin> {
+        let pins = self.pins.read().unwrap_or_else(PoisonError::into_inner);
+        pins.get(&(issuer.to_owned(), kind, name.to_owned())).cloned()
+    }
+
+    fn insert(&self, pin: &Pin) {
+        let mut pins = self.pins.write().unwrap_or_else(PoisonError::into_inner);
+        if pins.len() >= PIN_CACHE_CAPACITY {
+            pins.clear();
+        }
+        pins.insert((pin.issuer.clone(), pin.kind, pin.name.to_lowercase()), pin.clone());
+    }
 }
 
 /// The schema migrations, embedded at build time.
@@ -110,7 +151,14 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore::from_pools(writer, reader))
+    }
+
+    /// The store over its two pools; starts the group-commit writer on the
+    /// current Tokio runtime.
+    fn from_pools(writer: SqlitePool, reader: SqlitePool) -> SqliteStore {
+        let commits = GroupCommit::start(group::SqliteBatchWriter { writer: writer.clone() });
+        SqliteStore { writer, reader, commits, pins: Arc::default() }
     }
 
     /// A fresh, private in-memory database, for unit tests and `--dev`.
@@ -130,7 +178,7 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         MIGRATOR.run(&pool).await.map_err(StorageError::other)?;
-        Ok(SqliteStore { writer: pool.clone(), reader: pool })
+        Ok(SqliteStore::from_pools(pool.clone(), pool))
     }
 
     /// Closes both pools, waiting for in-flight statements.
@@ -311,42 +359,80 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, StorageError> {
     })
 }
 
+/// The columns of `audit`, in [`bind_audit`] order.
+const AUDIT_COLUMNS: &str = "id, time, request_id, org, outcome, error, rule, issuer, subject, \
+     subject_jti, repository, repository_id, ref, environment, workflow_ref, run_id, actor, \
+     requested_permissions, requested_apps, requested_machines, granted_permissions, \
+     granted_apps, granted_machines, token_jti, token_expires_at, explanation, client_addr";
+
+/// Binds one audit record's values, in [`AUDIT_COLUMNS`] order.
+fn bind_audit<'q>(
+    q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    a: &AuditRecord,
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, StorageError> {
+    Ok(q.bind(a.id.hyphenated().to_string())
+        .bind(a.time)
+        .bind(a.request_id.clone())
+        .bind(a.org.clone())
+        .bind(a.outcome.as_str())
+        .bind(a.error.clone())
+        .bind(a.rule.clone())
+        .bind(a.issuer.clone())
+        .bind(a.subject.clone())
+        .bind(a.subject_jti.clone())
+        .bind(a.repository.clone())
+        .bind(a.repository_id.clone())
+        .bind(a.ref_.clone())
+        .bind(a.environment.clone())
+        .bind(a.workflow_ref.clone())
+        .bind(a.run_id.clone())
+        .bind(a.actor.clone())
+        .bind(to_json(&a.requested_permissions)?)
+        .bind(to_json(&a.requested_apps)?)
+        .bind(to_json(&a.requested_machines)?)
+        .bind(to_json(&a.granted_permissions)?)
+        .bind(a.granted_apps.as_ref().map(to_json).transpose()?)
+        .bind(a.granted_machines.as_ref().map(to_json).transpose()?)
+        .bind(a.token_jti.clone())
+        .bind(a.token_expires_at)
+        .bind(a.explanation.as_ref().map(to_json).transpose()?)
+        .bind(a.client_addr.clone()))
+}
+
 async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StorageError> {
+    group::insert_audits(conn, &[a]).await
+}
+
+/// Writes one granted exchange inside the caller's transaction: consumes
+/// the `jti`, records new pins, the audit record and the issued token.
+/// Fails with [`StorageError::Replay`] or [`StorageError::PinConflict`]
+/// having written part of it: the caller rolls back (to a savepoint).
+async fn write_exchange(conn: &mut SqliteConnection, rec: &ExchangeRecord) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?, ?, ?)")
+        .bind(&rec.used_jti.issuer)
+        .bind(&rec.used_jti.jti)
+        .bind(rec.used_jti.expires_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| if is_unique_violation(&e) { StorageError::Replay } else { map_err(e) })?;
+    for pin in &rec.new_pins {
+        insert_pin(conn, pin).await?;
+    }
+    insert_audit(conn, &rec.audit).await?;
+    let t = &rec.issued;
     sqlx::query(
-        "INSERT INTO audit (id, time, request_id, org, outcome, error, rule, issuer, subject, \
-         subject_jti, repository, repository_id, ref, environment, workflow_ref, run_id, actor, \
-         requested_permissions, requested_apps, requested_machines, granted_permissions, \
-         granted_apps, granted_machines, token_jti, token_expires_at, explanation, client_addr) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, \
+         expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
-    .bind(a.id.hyphenated().to_string())
-    .bind(a.time)
-    .bind(&a.request_id)
-    .bind(&a.org)
-    .bind(a.outcome.as_str())
-    .bind(&a.error)
-    .bind(&a.rule)
-    .bind(&a.issuer)
-    .bind(&a.subject)
-    .bind(&a.subject_jti)
-    .bind(&a.repository)
-    .bind(&a.repository_id)
-    .bind(&a.ref_)
-    .bind(&a.environment)
-    .bind(&a.workflow_ref)
-    .bind(&a.run_id)
-    .bind(&a.actor)
-    .bind(to_json(&a.requested_permissions)?)
-    .bind(to_json(&a.requested_apps)?)
-    .bind(to_json(&a.requested_machines)?)
-    .bind(to_json(&a.granted_permissions)?)
-    .bind(a.granted_apps.as_ref().map(to_json).transpose()?)
-    .bind(a.granted_machines.as_ref().map(to_json).transpose()?)
-    .bind(&a.token_jti)
-    .bind(a.token_expires_at)
-    .bind(a.explanation.as_ref().map(to_json).transpose()?)
-    .bind(&a.client_addr)
-    .execute(conn)
+    .bind(&t.jti)
+    .bind(&t.org)
+    .bind(&t.subject)
+    .bind(&t.repository)
+    .bind(&t.run_id)
+    .bind(&t.rule)
+    .bind(t.issued_at)
+    .bind(t.expires_at)
+    .execute(&mut *conn)
     .await
     .map_err(map_err)?;
     Ok(())
@@ -468,9 +554,19 @@ impl Storage for SqliteStore {
     }
 
     async fn get_pins(&self, issuer: &str, keys: &[(PinKind, String)]) -> Result<Vec<Pin>, StorageError> {
-        let mut conn = self.reader.acquire().await.map_err(map_err)?;
         let mut pins = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
         for (kind, name) in keys {
+            match self.pins.get(issuer, *kind, &name.to_lowercase()) {
+                Some(pin) => pins.push(pin),
+                None => missing.push((kind, name)),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(pins);
+        }
+        let mut conn = self.reader.acquire().await.map_err(map_err)?;
+        for (kind, name) in missing {
             let row = sqlx::query(
                 "SELECT issuer, kind, name, id, created_at FROM pins \
                  WHERE issuer = ? AND kind = ? AND name = ?",
@@ -482,49 +578,25 @@ impl Storage for SqliteStore {
             .await
             .map_err(map_err)?;
             if let Some(row) = row {
-                pins.push(pin_from_row(&row)?);
+                let pin = pin_from_row(&row)?;
+                self.pins.insert(&pin);
+                pins.push(pin);
             }
         }
         Ok(pins)
     }
 
     async fn record_exchange(&self, rec: ExchangeRecord) -> Result<(), StorageError> {
-        // Any early return drops `tx`, which rolls back: a replay or a pin
-        // conflict leaves no trace but the error.
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-        sqlx::query("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?, ?, ?)")
-            .bind(&rec.used_jti.issuer)
-            .bind(&rec.used_jti.jti)
-            .bind(rec.used_jti.expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| if is_unique_violation(&e) { StorageError::Replay } else { map_err(e) })?;
-        for pin in &rec.new_pins {
-            insert_pin(&mut tx, pin).await?;
+        let new_pins = rec.new_pins.clone();
+        self.commits.write(Write::Exchange(rec)).await?;
+        for pin in &new_pins {
+            self.pins.insert(pin);
         }
-        insert_audit(&mut tx, &rec.audit).await?;
-        let t = &rec.issued;
-        sqlx::query(
-            "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, \
-             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&t.jti)
-        .bind(&t.org)
-        .bind(&t.subject)
-        .bind(&t.repository)
-        .bind(&t.run_id)
-        .bind(&t.rule)
-        .bind(t.issued_at)
-        .bind(t.expires_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        Ok(())
     }
 
     async fn record_denial(&self, audit: AuditRecord) -> Result<(), StorageError> {
-        let mut conn = self.writer.acquire().await.map_err(map_err)?;
-        insert_audit(&mut conn, &audit).await
+        self.commits.write(Write::Denial(audit)).await
     }
 
     async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError> {
