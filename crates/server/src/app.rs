@@ -91,7 +91,7 @@ impl AppState {
     /// Opens storage, loads keys and policies, and prepares the issuers.
     /// Fails fast, naming what is wrong.
     pub async fn build(config: Config, clock: Clock) -> anyhow::Result<AppState> {
-        let store: Arc<dyn Storage> = storage::open(&config.storage_url)
+        let store: Arc<dyn Storage> = storage::open(&config.storage_url, &config.storage)
             .await
             .with_context(|| format!("opening storage {}", redact_url(&config.storage_url)))?;
         AppState::with_store(config, store, clock).await
@@ -168,6 +168,7 @@ impl AppState {
         });
         let issuers = self.issuers.clone();
         tokio::spawn(async move { issuers.warm().await });
+        crate::replicas::spawn(self);
     }
 }
 

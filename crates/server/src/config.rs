@@ -18,6 +18,8 @@ use serde::Deserialize;
 use writ_core::issuer::IssuerKind;
 
 use crate::auth::CredentialHash;
+use crate::storage::kek::KeyEncryptionKey;
+use crate::storage::{DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, StorageOptions};
 
 /// Lifetime of a minted token when the request names none.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -54,6 +56,9 @@ pub struct Config {
     pub tokens: TokenSettings,
     /// Storage URL: `sqlite://path` (created if missing) or `postgres://…`.
     pub storage_url: String,
+    /// The rest of `[storage]`: pool settings and the key-encryption key
+    /// (PostgreSQL).
+    pub storage: StorageOptions,
     /// Directory of file-managed org policies (`*.toml`, one org each).
     pub policies_dir: Option<PathBuf>,
     /// The permission catalogue: name → description, admin permissions
@@ -191,6 +196,10 @@ struct RawTokens {
 #[serde(deny_unknown_fields)]
 struct RawStorage {
     url: Option<String>,
+    max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    acquire_timeout: Option<Duration>,
+    key_encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +314,7 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
         TokenSettings { audience: raw.tokens.audience.unwrap_or_else(|| public_url.clone()), default_ttl, max_ttl };
 
     let storage_url = resolve_storage_url(raw.storage.url.as_deref().unwrap_or("sqlite://writ.db"), base)?;
+    let storage = storage_options(&raw.storage, &storage_url, base)?;
     let policies_dir = raw.policies.dir.map(|d| base.join(d));
 
     let mut permissions = BTreeMap::new();
@@ -409,6 +419,7 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
         audience,
         tokens,
         storage_url,
+        storage,
         policies_dir,
         permissions,
         issuers,
@@ -416,6 +427,46 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
         admin,
         introspection_clients,
     })
+}
+
+/// The pool settings and the key-encryption key of `[storage]`. They serve
+/// PostgreSQL, which requires the key; with SQLite they are refused rather
+/// than silently ignored.
+fn storage_options(raw: &RawStorage, storage_url: &str, base: &Path) -> anyhow::Result<StorageOptions> {
+    let postgres = storage_url.starts_with("postgres://") || storage_url.starts_with("postgresql://");
+    if !postgres {
+        for (set, field) in [
+            (raw.max_connections.is_some(), "max_connections"),
+            (raw.acquire_timeout.is_some(), "acquire_timeout"),
+            (raw.key_encryption_key_file.is_some(), "key_encryption_key_file"),
+        ] {
+            if set {
+                bail!("storage.{field} applies to a postgres:// storage.url only; remove it for SQLite");
+            }
+        }
+        return Ok(StorageOptions::default());
+    }
+    let Some(file) = &raw.key_encryption_key_file else {
+        bail!(
+            "storage.key_encryption_key_file is required with a postgres:// storage.url: writ's signing keys are \
+             stored in the database encrypted under it; create one with `openssl rand -base64 32 > writ-kek.key` \
+             (mode 0600, the same file on every replica)"
+        );
+    };
+    let path = base.join(file);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("storage.key_encryption_key_file: cannot read {}", path.display()))?;
+    let key = KeyEncryptionKey::from_base64(&text)
+        .map_err(|e| anyhow::anyhow!("storage.key_encryption_key_file {}: {e}", path.display()))?;
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        bail!("storage.max_connections must be at least 1");
+    }
+    let acquire_timeout = raw.acquire_timeout.unwrap_or(DEFAULT_ACQUIRE_TIMEOUT);
+    if acquire_timeout.is_zero() {
+        bail!("storage.acquire_timeout must be longer than zero, e.g. \"3s\"");
+    }
+    Ok(StorageOptions { max_connections, acquire_timeout, key_encryption_key: Some(key) })
 }
 
 fn trim_url(field: &str, url: &str) -> anyhow::Result<String> {
@@ -606,5 +657,43 @@ url = "https://token.actions.githubusercontent.com"
     fn missing_issuers_says_how_to_add_one() {
         let e = error_of("[server]\npublic_url = \"https://w.example\"\n");
         assert!(e.contains("[[issuers]]"), "{e}");
+    }
+
+    fn with_storage(storage: &str) -> String {
+        MINIMAL.replace("[[issuers]]", &format!("[storage]\n{storage}\n\n[[issuers]]"))
+    }
+
+    #[test]
+    fn postgres_storage_reads_its_key_encryption_key_relative_to_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("kek.key"), "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=\n").expect("write");
+        let text = with_storage(
+            "url = \"postgres://writ@db.internal/writ\"\nkey_encryption_key_file = \"kek.key\"\nmax_connections = 4\nacquire_timeout = \"1s\"",
+        );
+        let c = Config::parse(&text, dir.path(), &no_env).expect("valid");
+        assert_eq!(c.storage_url, "postgres://writ@db.internal/writ");
+        assert_eq!((c.storage.max_connections, c.storage.acquire_timeout), (4, Duration::from_secs(1)));
+        let kek = c.storage.key_encryption_key.clone().expect("loaded");
+        assert_eq!(kek.id(), KeyEncryptionKey::from_bytes(&[0x42; 32]).expect("key").id());
+        assert!(!format!("{:?}", c.storage).contains("QkJC"), "the key never shows in Debug");
+    }
+
+    #[test]
+    fn postgres_storage_requires_a_valid_key_encryption_key() {
+        let e = error_of(&with_storage("url = \"postgres://writ@db/writ\""));
+        assert!(e.contains("storage.key_encryption_key_file is required"), "{e}");
+        let e = error_of(&with_storage("url = \"postgres://writ@db/writ\"\nkey_encryption_key_file = \"/no/such/file\""));
+        assert!(e.contains("storage.key_encryption_key_file: cannot read /no/such/file"), "{e}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("short.key"), "c2hvcnQ=").expect("write");
+        let text = with_storage("url = \"postgres://writ@db/writ\"\nkey_encryption_key_file = \"short.key\"");
+        let e = format!("{:#}", Config::parse(&text, dir.path(), &no_env).expect_err("short key"));
+        assert!(e.contains("decodes to 5 bytes, not 32"), "{e}");
+    }
+
+    #[test]
+    fn postgres_only_settings_are_refused_with_sqlite() {
+        let e = error_of(&with_storage("url = \"sqlite://writ.db\"\nmax_connections = 4"));
+        assert!(e.contains("storage.max_connections applies to a postgres:// storage.url only"), "{e}");
     }
 }

@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod narrow;
 pub mod oidc;
 pub mod policies;
+pub mod replicas;
 pub mod revocation;
 pub mod routes;
 pub mod signing;

@@ -146,6 +146,34 @@ impl PolicySet {
         Ok(())
     }
 
+    /// Brings `org` up to its latest stored version when storage holds a
+    /// newer one than this set (another replica stored it). Returns whether
+    /// it changed anything.
+    pub async fn refresh_org(&self, store: &dyn Storage, catalogue: &Catalogue, org: &str) -> Result<bool, StorageError> {
+        match store.get_policy(org).await? {
+            Some(stored) => Ok(self.install_if_newer(stored, catalogue)),
+            None => Ok(false),
+        }
+    }
+
+    /// [`PolicySet::refresh_org`] for every org: the reconciliation that
+    /// backs up change notifications. Compiles only what changed.
+    pub async fn refresh_all(&self, store: &dyn Storage, catalogue: &Catalogue) -> Result<usize, StorageError> {
+        let mut changed = 0;
+        for stored in store.list_policies().await? {
+            changed += usize::from(self.install_if_newer(stored, catalogue));
+        }
+        Ok(changed)
+    }
+
+    fn install_if_newer(&self, stored: StoredPolicy, catalogue: &Catalogue) -> bool {
+        if self.get(&stored.org).is_some_and(|current| current.version >= stored.version) {
+            return false;
+        }
+        self.install(stored, catalogue);
+        true
+    }
+
     fn install(&self, stored: StoredPolicy, catalogue: &Catalogue) {
         let origin = format!("stored policy of org {} v{}", stored.org, stored.version);
         match compile(&stored.source, source_format(stored.format), catalogue, &origin) {

@@ -93,7 +93,10 @@ async fn run<W: BatchWriter>(writer: W, mut jobs: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (writes, replies): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, j.reply)).unzip();
-        match writer.write_batch(&writes).await {
+        let started = std::time::Instant::now();
+        let written = writer.write_batch(&writes).await;
+        tracing::debug!(writes = writes.len(), micros = started.elapsed().as_micros() as u64, "group commit");
+        match written {
             Ok(results) if results.len() == writes.len() => {
                 for (reply, result) in replies.into_iter().zip(results) {
                     // A caller that stopped waiting needs no answer.
@@ -115,20 +118,14 @@ async fn run<W: BatchWriter>(writer: W, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// The batch's error for each of its callers, keeping its class (the
-/// server answers `Unavailable` with 503 and `Retry-After`).
+/// The batch's error for each of its callers. Only its class matters to
+/// them (the server answers `Unavailable` with 503 and `Retry-After`,
+/// anything else with 500): per-write outcomes such as a replay never fail
+/// a whole batch.
 fn copy_error(e: &StorageError) -> StorageError {
     match e {
-        StorageError::Replay => StorageError::Replay,
-        StorageError::PinConflict { kind, name, pinned_id, presented_id } => StorageError::PinConflict {
-            kind: *kind,
-            name: name.clone(),
-            pinned_id: pinned_id.clone(),
-            presented_id: presented_id.clone(),
-        },
-        StorageError::VersionConflict { current } => StorageError::VersionConflict { current: *current },
         StorageError::Unavailable(source) => StorageError::Unavailable(source.to_string().into()),
-        StorageError::Other(source) => StorageError::Other(source.to_string().into()),
+        other => StorageError::Other(other.to_string().into()),
     }
 }
 

@@ -2,36 +2,97 @@
 //! issued tokens and signing keys, behind one [`Storage`] trait.
 //!
 //! The server holds an `Arc<dyn Storage>`; SQLite ([`sqlite::SqliteStore`])
-//! is the embedded default and PostgreSQL will implement the same trait for
-//! clusters. Every backend must pass the shared suite in `suite.rs`.
+//! is the embedded default, PostgreSQL ([`postgres::PgStore`]) serves
+//! clusters of replicas sharing one database. Every backend must pass the
+//! shared suite in `suite.rs`.
 //!
 //! Times are seconds since the Unix epoch (`i64`), passed in by the caller
 //! like everywhere else in writ, so tests control the clock.
 
 pub(crate) mod batch;
+pub mod kek;
+pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod suite;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretSlice;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Opens the backend a storage URL names: `sqlite://FILE` or
-/// `sqlite::memory:`. PostgreSQL URLs are recognised and refused with a clear
-/// message until that backend exists.
-pub async fn open(url: &str) -> Result<Arc<dyn Storage>, StorageError> {
+/// Opens the backend a storage URL names: `sqlite://FILE`,
+/// `sqlite::memory:` or `postgres://…` (also `postgresql://`).
+pub async fn open(url: &str, options: &StorageOptions) -> Result<Arc<dyn Storage>, StorageError> {
     if url.starts_with("sqlite:") {
         let store = sqlite::SqliteStore::open(url, &sqlite::SqliteConfig::default()).await?;
         return Ok(Arc::new(store));
     }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let key_encryption_key = options.key_encryption_key.clone().ok_or_else(|| {
+            StorageError::other("a postgres storage URL needs [storage] key_encryption_key_file: signing keys are stored encrypted under it")
+        })?;
+        let config = postgres::PgConfig {
+            max_connections: options.max_connections,
+            acquire_timeout: options.acquire_timeout,
+            key_encryption_key,
+        };
+        return Ok(Arc::new(postgres::PgStore::open(url, &config).await?));
+    }
     Err(StorageError::other(format!(
-        "storage URL scheme not supported by this build: {}; use sqlite://FILE",
+        "storage URL scheme not supported: {}; use sqlite://FILE or postgres://USER@HOST/DB",
         url.split(':').next().unwrap_or_default()
     )))
+}
+
+/// How to open storage, beside its URL: the rest of `[storage]` in the
+/// config. The pool settings and the key-encryption key apply to
+/// PostgreSQL; SQLite has one file and one writer.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Most database connections per replica.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before failing as
+    /// unavailable (503 with `Retry-After`).
+    pub acquire_timeout: Duration,
+    /// Seals signing keys at rest in a shared database; required with
+    /// PostgreSQL.
+    pub key_encryption_key: Option<kek::KeyEncryptionKey>,
+}
+
+/// Default [`StorageOptions::max_connections`]: enough for a replica on a
+/// few cores (an exchange holds a connection for about one round trip).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+
+/// Default [`StorageOptions::acquire_timeout`]: short, because while the
+/// database is down every request that needs it waits this long before its
+/// 503.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            key_encryption_key: None,
+        }
+    }
+}
+
+/// A change to shared state that another process (replica) made, which
+/// this process must pick up in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new version of this org's policy was stored.
+    Policy(String),
+    /// A signing key was added (a rotation started).
+    SigningKeys,
+    /// Changes may have been missed (the notification connection was lost
+    /// and re-established, or a receiver fell behind): reload everything.
+    Resync,
 }
 
 /// How long a consumed subject-token `jti` is remembered past the token's
@@ -207,6 +268,13 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Forgets revocations of tokens that expired before `before`: an
     /// expired token is refused anyway. Returns how many.
     async fn purge_revocations(&self, before: i64) -> Result<u64, StorageError>;
+
+    /// Changes that other processes commit, as they commit: `None` when
+    /// this process is the store's only writer (SQLite). The first call
+    /// starts listening (on the current Tokio runtime).
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
 }
 
 /// The syntax a policy was written in.

@@ -968,28 +968,7 @@ mod tests {
         )*};
     }
 
-    suite_tests!(
-        ping_answers,
-        policy_versions_history_and_conflict,
-        list_policies_returns_latest_of_each_org,
-        exchange_writes_everything,
-        replayed_jti_is_refused_and_nothing_else_written,
-        pin_conflict_rolls_back_jti_and_audit,
-        pins_are_case_insensitive_and_per_issuer,
-        denial_does_not_consume_jti,
-        purge_keeps_unexpired_jtis,
-        signing_keys_round_trip,
-        audit_round_trips_every_field_newest_first,
-        concurrent_exchanges_of_one_jti_exactly_one_succeeds,
-        orgs_are_created_once_and_policies_count_as_orgs,
-        audit_query_filters_and_pages_newest_first,
-        revocation_targets_stay_inside_their_org,
-        revoking_a_token_revokes_its_narrowed_descendants,
-        narrowing_a_revoked_token_writes_nothing,
-        revocation_feed_is_ordered_paged_and_drops_expired,
-        concurrent_revocations_count_each_token_once,
-        gitlab_pins_are_recorded,
-    );
+    suite::all_cases!(suite_tests);
 
     #[tokio::test]
     async fn in_memory_store_passes_a_round_trip() {

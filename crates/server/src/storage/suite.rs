@@ -1,6 +1,8 @@
 //! The backend-independent test suite of [`Storage`]. Every backend runs
-//! each case against a fresh, empty store of its own (see the `suite_tests!`
-//! macro in `sqlite.rs`); a new backend is done when it passes all of them.
+//! each case against a fresh, empty store of its own: its test module
+//! passes a runner macro to [`all_cases!`] (`suite_tests!` in `sqlite.rs`,
+//! `postgres_suite!` in `postgres.rs`), so a case added here runs against
+//! every backend. A new backend is done when it passes all of them.
 
 use std::sync::Arc;
 
@@ -13,6 +15,38 @@ use super::{
     NewPolicy, Outcome, Pin, PinKind, PolicyFormat, Revocation, RevocationTarget, Storage, StorageError,
     StoredSigningKey, UsedJti,
 };
+
+/// Calls `$runner!(case, …)` with every case of the suite.
+macro_rules! all_cases {
+    ($runner:ident) => {
+        $runner!(
+            ping_answers,
+            policy_versions_history_and_conflict,
+            list_policies_returns_latest_of_each_org,
+            exchange_writes_everything,
+            replayed_jti_is_refused_and_nothing_else_written,
+            pin_conflict_rolls_back_jti_and_audit,
+            pins_are_case_insensitive_and_per_issuer,
+            denial_does_not_consume_jti,
+            purge_keeps_unexpired_jtis,
+            signing_keys_round_trip,
+            audit_round_trips_every_field_newest_first,
+            concurrent_exchanges_of_one_jti_exactly_one_succeeds,
+            orgs_are_created_once_and_policies_count_as_orgs,
+            audit_query_filters_and_pages_newest_first,
+            revocation_targets_stay_inside_their_org,
+            revoking_a_token_revokes_its_narrowed_descendants,
+            narrowing_a_revoked_token_writes_nothing,
+            revocation_feed_is_ordered_paged_and_drops_expired,
+            concurrent_revocations_count_each_token_once,
+            gitlab_pins_are_recorded,
+            revocation_feed_never_skips_with_concurrent_revokers,
+            narrowing_racing_a_revocation_never_leaves_a_live_child,
+            concurrent_policy_writes_get_distinct_versions,
+        );
+    };
+}
+pub(crate) use all_cases;
 
 /// The subject tokens' issuer in every case.
 pub(crate) const ISSUER: &str = "https://token.actions.githubusercontent.com";
@@ -566,4 +600,113 @@ pub(crate) async fn gitlab_pins_are_recorded(store: Arc<dyn Storage>) {
     store.record_exchange(exchange_with_pins("subject-1", "token-1", 1_000, pins.clone())).await.expect("gitlab pins");
     let keys = vec![(PinKind::Project, "grp/app".to_owned()), (PinKind::Namespace, "grp".to_owned())];
     assert_eq!(store.get_pins("https://gitlab.com", &keys).await.expect("pins"), pins);
+}
+
+/// A verifier polling the feed with a cursor while revocations commit
+/// concurrently must see every one of them: an entry that became visible
+/// after a later one had been read would be skipped for good (the reader
+/// below would then never finish).
+pub(crate) async fn revocation_feed_never_skips_with_concurrent_revokers(store: Arc<dyn Storage>) {
+    const N: usize = 40;
+    for i in 0..N {
+        grant(&store, issued(&format!("t{i:02}"), "acme", "acme/web", &format!("run-{i}"), "r", 5_000)).await;
+    }
+    let reader = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let (mut cursor, mut seen) = (0, Vec::new());
+            while seen.len() < N {
+                for entry in store.revocation_feed(cursor, 1_000, 7).await.expect("feed") {
+                    assert!(entry.seq > cursor, "positions only grow");
+                    cursor = entry.seq;
+                    seen.push(entry.jti);
+                }
+                tokio::task::yield_now().await;
+            }
+            seen
+        })
+    };
+    let revokers: Vec<_> = (0..N)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store.revoke(&revocation("acme", RevocationTarget::RunId(format!("run-{i}")), 1_000)).await
+            })
+        })
+        .collect();
+    for r in revokers {
+        assert_eq!(r.await.expect("task").expect("revoke"), 1);
+    }
+    let mut seen = tokio::time::timeout(std::time::Duration::from_secs(30), reader)
+        .await
+        .expect("the polling verifier saw every revocation (none was skipped)")
+        .expect("reader");
+    seen.sort();
+    let want: Vec<String> = (0..N).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(seen, want, "each revocation exactly once");
+}
+
+/// A narrowing and a revocation of its parent, racing: either the
+/// narrowing fails as revoked and wrote nothing, or its child is revoked
+/// too. Never a live child of a revoked parent.
+pub(crate) async fn narrowing_racing_a_revocation_never_leaves_a_live_child(store: Arc<dyn Storage>) {
+    for round in 0..12 {
+        let (parent, child) = (format!("parent-{round}"), format!("child-{round}"));
+        grant(&store, issued(&parent, "acme", "acme/web", "1", "r", 2_000)).await;
+        let narrow = {
+            let store = Arc::clone(&store);
+            let rec = narrowing(&parent, issued(&child, "acme", "acme/web", "1", "r", 1_900));
+            tokio::spawn(async move { store.record_narrowing(rec).await })
+        };
+        let revoke = {
+            let store = Arc::clone(&store);
+            let r = revocation("acme", RevocationTarget::Jti(parent.clone()), 1_000);
+            tokio::spawn(async move { store.revoke(&r).await })
+        };
+        let narrowed = narrow.await.expect("task");
+        revoke.await.expect("task").expect("revoke");
+        match narrowed {
+            Ok(()) => assert!(store.is_revoked(&child).await.expect("is_revoked"), "round {round}: live child"),
+            Err(StorageError::Revoked) => {
+                assert_eq!(store.get_issued_token(&child).await.expect("issued"), None, "round {round}")
+            }
+            Err(other) => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
+/// Writers that race on one org's policy each get their own version
+/// (unconditional writes), or exactly one wins (conditional ones).
+pub(crate) async fn concurrent_policy_writes_get_distinct_versions(store: Arc<dyn Storage>) {
+    let writes: Vec<_> = (0..6)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.put_policy(new_policy("acme", &format!("v{i}"), None), i).await })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for w in writes {
+        versions.push(w.await.expect("task").expect("unconditional write").version);
+    }
+    versions.sort();
+    assert_eq!(versions, (1..=6).collect::<Vec<i64>>());
+
+    let conditional: Vec<_> = (0..6)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.put_policy(new_policy("acme", &format!("c{i}"), Some(6)), 10 + i).await })
+        })
+        .collect();
+    let mut won = 0;
+    for w in conditional {
+        match w.await.expect("task") {
+            Ok(p) => {
+                assert_eq!(p.version, 7);
+                won += 1;
+            }
+            Err(StorageError::VersionConflict { current: 7 }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "one conditional writer wins");
 }

@@ -93,7 +93,9 @@ impl BatchWriter for SqliteBatchWriter {
         }
         insert_audits(&mut tx, &audits).await?;
         insert_issued(&mut tx, &issued).await?;
+        let commit = std::time::Instant::now();
         tx.commit().await.map_err(map_err)?;
+        tracing::trace!(micros = commit.elapsed().as_micros() as u64, "sqlite commit");
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StorageError::other("write was not handled by the batch"))))
