@@ -12,6 +12,13 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: the exchange allocates many
+/// small short-lived objects (JSON values, claims, SQL arguments) on
+/// several threads, where glibc's malloc spent about a fifth of the
+/// server's CPU (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code: success (and, for `policy test`, "granted").
 pub const EXIT_OK: u8 = 0;
 /// Exit code: an error (unreadable file, unreachable server, server
@@ -61,6 +68,9 @@ enum Command {
     /// Operator credentials.
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// writ's token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Print shell completions: `writ completions bash > /etc/bash_completion.d/writ`.
     Completions {
         /// The shell.
@@ -84,6 +94,19 @@ enum TokenCommand {
     /// Exchange a writ token for a narrower one: fewer permissions, one
     /// app or machine, a shorter life. Prints the new token.
     Narrow(admin_cmd::NarrowArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Start a key rotation: store a new signing key, published at once by
+    /// every replica and signing after the pre-publication window (1 h).
+    /// Opens the storage of the server config directly; servers pick the
+    /// key up by themselves.
+    Rotate {
+        /// The server config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,6 +198,7 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Inspect(args)) => run_async(admin_cmd::inspect(args)),
         Command::Token(TokenCommand::Narrow(args)) => run_async(admin_cmd::narrow(args)),
         Command::Credential(CredentialCommand::New) => admin_cmd::credential_new(),
+        Command::Keys(KeysCommand::Rotate { config }) => run_async(keys_rotate(config)),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "writ", &mut std::io::stdout());
             Ok(EXIT_OK)
@@ -197,6 +221,27 @@ fn main() -> ExitCode {
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<u8>>>(f: F) -> anyhow::Result<u8> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(f)
+}
+
+/// `writ keys rotate --config FILE`.
+async fn keys_rotate(path: PathBuf) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    use writ_server::signing::{Keyring, KeyringConfig};
+    let config = writ_server::config::Config::load(&path, &|k| std::env::var(k).ok())?;
+    let store = writ_server::storage::open(&config.storage_url, &config.storage)
+        .await
+        .with_context(|| format!("opening storage {}", writ_server::app::redact_url(&config.storage_url)))?;
+    let keyring_config = KeyringConfig { max_token_lifetime: config.tokens.max_ttl, ..KeyringConfig::default() };
+    let prepublication = humantime::format_duration(keyring_config.prepublication);
+    let now = writ_server::app::Clock::system().now();
+    let keyring = Keyring::load_or_create(store.as_ref(), keyring_config, now).await?;
+    let kid = keyring.rotate(store.as_ref(), now).await?;
+    println!(
+        "published signing key {kid}; it signs from {prepublication} from now. Running servers pick it up by themselves \
+         (PostgreSQL: at once; SQLite: within {}s).",
+        writ_server::replicas::RECONCILE_INTERVAL.as_secs()
+    );
+    Ok(EXIT_OK)
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<u8> {

@@ -682,7 +682,8 @@ url = "https://token.actions.githubusercontent.com"
     fn postgres_storage_requires_a_valid_key_encryption_key() {
         let e = error_of(&with_storage("url = \"postgres://writ@db/writ\""));
         assert!(e.contains("storage.key_encryption_key_file is required"), "{e}");
-        let e = error_of(&with_storage("url = \"postgres://writ@db/writ\"\nkey_encryption_key_file = \"/no/such/file\""));
+        let e =
+            error_of(&with_storage("url = \"postgres://writ@db/writ\"\nkey_encryption_key_file = \"/no/such/file\""));
         assert!(e.contains("storage.key_encryption_key_file: cannot read /no/such/file"), "{e}");
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("short.key"), "c2hvcnQ=").expect("write");

@@ -149,7 +149,12 @@ impl PolicySet {
     /// Brings `org` up to its latest stored version when storage holds a
     /// newer one than this set (another replica stored it). Returns whether
     /// it changed anything.
-    pub async fn refresh_org(&self, store: &dyn Storage, catalogue: &Catalogue, org: &str) -> Result<bool, StorageError> {
+    pub async fn refresh_org(
+        &self,
+        store: &dyn Storage,
+        catalogue: &Catalogue,
+        org: &str,
+    ) -> Result<bool, StorageError> {
         match store.get_policy(org).await? {
             Some(stored) => Ok(self.install_if_newer(stored, catalogue)),
             None => Ok(false),
@@ -344,7 +349,17 @@ pub async fn sync_dir(
             origin: &origin,
             author: Some(&origin),
         };
-        set.apply(store, catalogue, update, now).await?;
+        if let Err(e) = set.apply(store, catalogue, update, now).await {
+            // Replicas sharing a database and the same directory race to
+            // store the same file; the loser takes the winner's version.
+            let raced = matches!(e.downcast_ref::<StorageError>(), Some(StorageError::VersionConflict { .. }))
+                && store.get_policy(&org).await?.is_some_and(|stored| stored.source == source);
+            if !raced {
+                return Err(e);
+            }
+            set.refresh_org(store, catalogue, &org).await?;
+            continue;
+        }
         tracing::info!(org = %org, "loaded policy of org {org} from {}", dir.display());
         changed += 1;
     }

@@ -102,8 +102,11 @@ impl Keyring {
         if !stored.iter().any(|k| k.activates_at <= now) {
             let key = generate_key(now, now)?;
             tracing::info!(kid = %key.kid, "created the first signing key {}", key.kid);
-            store.insert_signing_key(key.clone()).await.context("storing the new signing key")?;
-            stored.push(key);
+            store.insert_signing_key(key).await.context("storing the new signing key")?;
+            // Read back rather than use only our own: replicas starting
+            // together on an empty database may each have created one, and
+            // every replica must publish all of them.
+            stored = store.signing_keys().await.context("reading signing keys")?;
         }
         let config = Arc::new(config);
         let snapshot = build_snapshot(&stored, &config, now)?;

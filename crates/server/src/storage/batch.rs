@@ -104,7 +104,11 @@ async fn run<W: BatchWriter>(writer: W, mut jobs: mpsc::Receiver<Job>) {
                 }
             }
             Ok(results) => {
-                tracing::error!(writes = writes.len(), results = results.len(), "batch writer answered the wrong count");
+                tracing::error!(
+                    writes = writes.len(),
+                    results = results.len(),
+                    "batch writer answered the wrong count"
+                );
                 for reply in replies {
                     let _ = reply.send(Err(StorageError::other("storage batch writer answered the wrong count")));
                 }

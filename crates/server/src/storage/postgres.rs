@@ -1118,9 +1118,13 @@ mod tests {
             assert_eq!(next(&mut changes).await, Change::Policy("acme".into()));
             // A refused write notifies nobody.
             assert!(a.put_policy(suite::new_policy("acme", "stale", Some(0)), 2).await.is_err());
-            a.create_org(NewOrg { org: "beta".into(), created_by: None }, Some(suite::new_policy("beta", "b", None)), 3)
-                .await
-                .expect("create");
+            a.create_org(
+                NewOrg { org: "beta".into(), created_by: None },
+                Some(suite::new_policy("beta", "b", None)),
+                3,
+            )
+            .await
+            .expect("create");
             assert_eq!(next(&mut changes).await, Change::Policy("beta".into()));
             let key = StoredSigningKey {
                 kid: "k".into(),

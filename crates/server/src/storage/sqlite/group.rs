@@ -1,32 +1,38 @@
 //! SQLite's half of group commit ([`crate::storage::batch`]): one
-//! `BEGIN IMMEDIATE … COMMIT` per batch, written with few statements.
+//! `BEGIN IMMEDIATE … COMMIT` per batch, written in few round trips.
 //!
-//! Every statement is a round trip to sqlx's connection thread, so the
-//! common case is written in bulk: the batch's consumed `jti`s go in with
-//! one multi-row `INSERT … ON CONFLICT DO NOTHING RETURNING` (a `jti` that
-//! comes back was consumed by this write; one that does not is a replay, and
-//! nothing else of that exchange is written), then the audit records and the
-//! issued tokens with one multi-row `INSERT` each. Exchanges that pin names
-//! on first use (rare) are written one by one under a savepoint, so a pin
-//! conflict rolls back only that exchange. Either way each exchange is all
-//! or nothing, and the batch commits once.
+//! sqlx runs each SQLite connection on its own thread, so every statement
+//! the writer sends is a round trip between threads, and under load each
+//! costs more than the SQL itself. The batch is therefore written in
+//! *units*: one multi-statement query per group of exchanges (64, 32, …, 1
+//! of them) that inserts their replay records, audit records and issued
+//! tokens with one multi-row `INSERT` each, inside a savepoint:
 //!
-//! Rows go in chunks of 64, 16, 4 and 1 so that the statements stay few and
-//! their text stays from a small fixed set that the connection's prepared
-//! statement cache keeps.
+//! - the common case costs one round trip per unit, plus `BEGIN` and
+//!   `COMMIT` for the whole batch;
+//! - if a unit hits a uniqueness violation (a replayed `jti`; a second
+//!   exchange of one token in the same batch), the unit is rolled back to
+//!   its savepoint and its exchanges are written one by one, each under its
+//!   own savepoint, so that only the replay fails;
+//! - exchanges that record pins on first use (rare) are always written one
+//!   by one, so a pin conflict fails only its own exchange.
+//!
+//! Each exchange is all or nothing, the batch commits once, and the
+//! statement texts come from a small fixed set that the connection's
+//! prepared-statement cache keeps.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use sqlx::sqlite::{SqliteArguments, SqliteConnection, SqlitePool};
-use sqlx::{AssertSqlSafe, Row, Sqlite};
+use sqlx::{AssertSqlSafe, Sqlite};
 
-use super::{AUDIT_COLUMNS, bind_audit, map_err, write_exchange};
+use super::{AUDIT_COLUMNS, bind_audit, is_unique_violation, map_err, write_exchange};
 use crate::storage::batch::{BatchWriter, Write};
-use crate::storage::{AuditRecord, ExchangeRecord, IssuedToken, StorageError};
+use crate::storage::{AuditRecord, ExchangeRecord, StorageError};
 
-/// Row counts of the multi-row statements, largest first.
-const CHUNKS: [usize; 4] = [64, 16, 4, 1];
+/// Exchanges per unit, largest first: any batch is a sum of at most
+/// `UNITS.len()` units below 64 and one unit per 64 above.
+const UNITS: [usize; 7] = [64, 32, 16, 8, 4, 2, 1];
 
 /// Writes batches through the writer pool.
 #[derive(Debug)]
@@ -42,60 +48,57 @@ impl BatchWriter for SqliteBatchWriter {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
         let mut results: Vec<Option<Result<(), StorageError>>> = writes.iter().map(|_| None).collect();
 
-        // First uses of a name: one at a time, each under a savepoint.
+        let mut bulk: Vec<(usize, &ExchangeRecord)> = Vec::with_capacity(writes.len());
+        let mut denials: Vec<&AuditRecord> = Vec::new();
         for (i, write) in writes.iter().enumerate() {
-            let Write::Exchange(rec) = write else { continue };
-            if rec.new_pins.is_empty() {
-                continue;
-            }
-            sqlx::query("SAVEPOINT exchange").execute(&mut *tx).await.map_err(map_err)?;
-            let result = write_exchange(&mut tx, rec).await;
-            match result {
-                Ok(()) => {}
-                Err(StorageError::Replay | StorageError::PinConflict { .. }) => {
-                    sqlx::query("ROLLBACK TO exchange").execute(&mut *tx).await.map_err(map_err)?;
+            match write {
+                Write::Exchange(rec) if rec.new_pins.is_empty() => bulk.push((i, rec)),
+                Write::Exchange(rec) => results[i] = Some(write_one(&mut tx, rec).await?),
+                Write::Denial(audit) => {
+                    denials.push(audit);
+                    results[i] = Some(Ok(()));
                 }
-                Err(e) => return Err(e),
-            }
-            sqlx::query("RELEASE exchange").execute(&mut *tx).await.map_err(map_err)?;
-            results[i] = Some(result);
-        }
-
-        // Everything else in bulk.
-        let bulk: Vec<(usize, &ExchangeRecord)> = writes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, w)| match w {
-                Write::Exchange(rec) if rec.new_pins.is_empty() => Some((i, rec)),
-                _ => None,
-            })
-            .collect();
-        let records: Vec<&ExchangeRecord> = bulk.iter().map(|(_, rec)| *rec).collect();
-        let consumed = insert_jtis(&mut tx, &records).await?;
-        let mut audits: Vec<&AuditRecord> = Vec::with_capacity(writes.len());
-        let mut issued: Vec<&IssuedToken> = Vec::with_capacity(bulk.len());
-        for (position, (i, rec)) in bulk.iter().enumerate() {
-            // The first write of a `jti` takes it; a second one in the same
-            // batch, like any later one, is a replay.
-            if consumed.contains(&position) {
-                audits.push(&rec.audit);
-                issued.push(&rec.issued);
-                results[*i] = Some(Ok(()));
-            } else {
-                results[*i] = Some(Err(StorageError::Replay));
             }
         }
-        for (i, write) in writes.iter().enumerate() {
-            if let Write::Denial(audit) = write {
-                audits.push(audit);
-                results[i] = Some(Ok(()));
+        let mut start = 0;
+        for (unit, size) in units(bulk.len()) {
+            let group = &bulk[start..start + size];
+            start += size;
+            let mut q = query(&statements().exchanges[unit]);
+            for (_, rec) in group {
+                let j = &rec.used_jti;
+                q = q.bind(j.issuer.clone()).bind(j.jti.clone()).bind(j.expires_at);
+            }
+            for (_, rec) in group {
+                q = bind_audit(q, &rec.audit)?;
+            }
+            for (_, rec) in group {
+                let t = &rec.issued;
+                q = q
+                    .bind(t.jti.clone())
+                    .bind(t.org.clone())
+                    .bind(t.subject.clone())
+                    .bind(t.repository.clone())
+                    .bind(t.run_id.clone())
+                    .bind(t.rule.clone())
+                    .bind(t.issued_at)
+                    .bind(t.expires_at);
+            }
+            match q.execute(&mut *tx).await {
+                Ok(_) => group.iter().for_each(|(i, _)| results[*i] = Some(Ok(()))),
+                Err(e) if is_unique_violation(&e) => {
+                    // Someone in this unit is a replay: undo the unit, then
+                    // find out who, one exchange at a time.
+                    sqlx::query("ROLLBACK TO unit; RELEASE unit").execute(&mut *tx).await.map_err(map_err)?;
+                    for (i, rec) in group {
+                        results[*i] = Some(write_one(&mut tx, rec).await?);
+                    }
+                }
+                Err(e) => return Err(map_err(e)),
             }
         }
-        insert_audits(&mut tx, &audits).await?;
-        insert_issued(&mut tx, &issued).await?;
-        let commit = std::time::Instant::now();
+        insert_audits(&mut tx, &denials).await?;
         tx.commit().await.map_err(map_err)?;
-        tracing::trace!(micros = commit.elapsed().as_micros() as u64, "sqlite commit");
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(StorageError::other("write was not handled by the batch"))))
@@ -103,112 +106,92 @@ impl BatchWriter for SqliteBatchWriter {
     }
 }
 
-/// The multi-row statements, built once.
-struct Statements {
-    jtis: [Arc<str>; CHUNKS.len()],
-    audits: [Arc<str>; CHUNKS.len()],
-    issued: [Arc<str>; CHUNKS.len()],
+/// Writes one exchange under its own savepoint: a replay or a pin conflict
+/// rolls back only this exchange and is its result; any other failure
+/// stops the batch.
+async fn write_one(conn: &mut SqliteConnection, rec: &ExchangeRecord) -> Result<Result<(), StorageError>, StorageError> {
+    sqlx::query("SAVEPOINT exchange").execute(&mut *conn).await.map_err(map_err)?;
+    match write_exchange(conn, rec).await {
+        Ok(()) => {
+            sqlx::query("RELEASE exchange").execute(&mut *conn).await.map_err(map_err)?;
+            Ok(Ok(()))
+        }
+        Err(e @ (StorageError::Replay | StorageError::PinConflict { .. })) => {
+            sqlx::query("ROLLBACK TO exchange; RELEASE exchange").execute(&mut *conn).await.map_err(map_err)?;
+            Ok(Err(e))
+        }
+        Err(e) => Err(e),
+    }
 }
+
+/// Inserts audit records (denials) with multi-row statements.
+pub(super) async fn insert_audits(conn: &mut SqliteConnection, audits: &[&AuditRecord]) -> Result<(), StorageError> {
+    let mut start = 0;
+    for (unit, size) in units(audits.len()) {
+        let mut q = query(&statements().audits[unit]);
+        for audit in &audits[start..start + size] {
+            q = bind_audit(q, audit)?;
+        }
+        start += size;
+        q.execute(&mut *conn).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// The statement texts per unit size, built once.
+struct Statements {
+    /// Replay records, audit records and issued tokens of a unit of
+    /// exchanges, inside savepoint `unit`.
+    exchanges: [Arc<str>; UNITS.len()],
+    /// Audit records only.
+    audits: [Arc<str>; UNITS.len()],
+}
+
+const JTI_INSERT: &str = "INSERT INTO used_jtis (issuer, jti, expires_at)";
+const ISSUED_INSERT: &str =
+    "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at)";
 
 fn statements() -> &'static Statements {
     static STATEMENTS: OnceLock<Statements> = OnceLock::new();
     STATEMENTS.get_or_init(|| {
-        let build = |head: &str, columns: usize, tail: &str| {
-            CHUNKS.map(|rows| {
-                let row = format!("({})", vec!["?"; columns].join(", "));
-                Arc::from(format!("{head} VALUES {}{tail}", vec![row; rows].join(", ")))
-            })
-        };
+        let audit_insert = format!("INSERT INTO audit ({AUDIT_COLUMNS})");
+        let audit_columns = AUDIT_COLUMNS.split(',').count();
         Statements {
-            jtis: build(
-                "INSERT INTO used_jtis (issuer, jti, expires_at)",
-                3,
-                " ON CONFLICT (issuer, jti) DO NOTHING RETURNING issuer, jti",
-            ),
-            audits: build(&format!("INSERT INTO audit ({AUDIT_COLUMNS})"), AUDIT_COLUMNS.split(',').count(), ""),
-            issued: build(
-                "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at)",
-                8,
-                "",
-            ),
+            exchanges: UNITS.map(|rows| {
+                Arc::from(format!(
+                    "SAVEPOINT unit; {}; {}; {}; RELEASE unit",
+                    values(JTI_INSERT, 3, rows),
+                    values(&audit_insert, audit_columns, rows),
+                    values(ISSUED_INSERT, 8, rows)
+                ))
+            }),
+            audits: UNITS.map(|rows| Arc::from(values(&audit_insert, audit_columns, rows))),
         }
     })
 }
 
-/// Splits `n` rows into chunks of the sizes in [`CHUNKS`]:
-/// `(index into CHUNKS, first row, rows)`.
-fn chunks(n: usize) -> impl Iterator<Item = (usize, usize, usize)> {
-    let mut start = 0;
+/// `head VALUES (?, …), (?, …), …` with `rows` rows of `columns` placeholders.
+fn values(head: &str, columns: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; columns].join(", "));
+    format!("{head} VALUES {}", vec![row; rows].join(", "))
+}
+
+/// Splits `n` rows into units: `(index into UNITS, size)`, largest first.
+fn units(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    let mut left = n;
     std::iter::from_fn(move || {
-        let left = n - start;
-        let (which, &rows) = CHUNKS.iter().enumerate().find(|(_, rows)| **rows <= left)?;
-        let chunk = (which, start, rows);
-        start += rows;
-        Some(chunk)
+        let (unit, &size) = UNITS.iter().enumerate().find(|(_, size)| **size <= left)?;
+        left -= size;
+        Some((unit, size))
     })
 }
 
-type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments>;
+type Query = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
 
-fn query(sql: &Arc<str>) -> Query<'static> {
+fn query(sql: &Arc<str>) -> Query {
     // The text is built above from constant column lists and placeholder
     // counts only: no data ever reaches the SQL, it is all bound.
     sqlx::query(AssertSqlSafe(sql.clone()))
-}
-
-/// Inserts the replay records; returns the positions in `records` whose
-/// `jti` this statement consumed. When the batch holds one `(issuer, jti)`
-/// twice, only the first position can come back.
-async fn insert_jtis(conn: &mut SqliteConnection, records: &[&ExchangeRecord]) -> Result<HashSet<usize>, StorageError> {
-    let mut first_of: HashMap<(&str, &str), usize> = HashMap::with_capacity(records.len());
-    for (i, rec) in records.iter().enumerate() {
-        first_of.entry((rec.used_jti.issuer.as_str(), rec.used_jti.jti.as_str())).or_insert(i);
-    }
-    let mut consumed = HashSet::with_capacity(records.len());
-    for (which, start, rows) in chunks(records.len()) {
-        let mut q = query(&statements().jtis[which]);
-        for rec in &records[start..start + rows] {
-            q = q.bind(rec.used_jti.issuer.clone()).bind(rec.used_jti.jti.clone()).bind(rec.used_jti.expires_at);
-        }
-        for row in q.fetch_all(&mut *conn).await.map_err(map_err)? {
-            let issuer: String = row.try_get(0).map_err(map_err)?;
-            let jti: String = row.try_get(1).map_err(map_err)?;
-            if let Some(&i) = first_of.get(&(issuer.as_str(), jti.as_str())) {
-                consumed.insert(i);
-            }
-        }
-    }
-    Ok(consumed)
-}
-
-pub(super) async fn insert_audits(conn: &mut SqliteConnection, audits: &[&AuditRecord]) -> Result<(), StorageError> {
-    for (which, start, rows) in chunks(audits.len()) {
-        let mut q = query(&statements().audits[which]);
-        for audit in &audits[start..start + rows] {
-            q = bind_audit(q, audit)?;
-        }
-        q.execute(&mut *conn).await.map_err(map_err)?;
-    }
-    Ok(())
-}
-
-async fn insert_issued(conn: &mut SqliteConnection, tokens: &[&IssuedToken]) -> Result<(), StorageError> {
-    for (which, start, rows) in chunks(tokens.len()) {
-        let mut q = query(&statements().issued[which]);
-        for t in &tokens[start..start + rows] {
-            q = q
-                .bind(t.jti.clone())
-                .bind(t.org.clone())
-                .bind(t.subject.clone())
-                .bind(t.repository.clone())
-                .bind(t.run_id.clone())
-                .bind(t.rule.clone())
-                .bind(t.issued_at)
-                .bind(t.expires_at);
-        }
-        q.execute(&mut *conn).await.map_err(map_err)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -216,26 +199,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chunks_cover_every_row_once_with_few_statements() {
+    fn units_cover_every_row_once_with_few_statements() {
         for n in 0..300 {
-            let parts: Vec<_> = chunks(n).collect();
-            assert_eq!(parts.iter().map(|(_, _, rows)| rows).sum::<usize>(), n);
-            let mut next = 0;
-            for (which, start, rows) in &parts {
-                assert_eq!((*start, CHUNKS[*which]), (next, *rows));
-                next += rows;
-            }
-            assert!(parts.len() <= n / 64 + 3 + 3 + 3, "{n}: {parts:?}");
+            let parts: Vec<_> = units(n).collect();
+            assert_eq!(parts.iter().map(|(_, size)| size).sum::<usize>(), n);
+            assert!(parts.iter().all(|(unit, size)| UNITS[*unit] == *size));
+            assert!(parts.len() <= n / 64 + UNITS.len() - 1, "{n}: {parts:?}");
         }
     }
 
     #[test]
     fn statements_have_one_placeholder_per_bound_value() {
         let s = statements();
-        for (i, rows) in CHUNKS.iter().enumerate() {
-            assert_eq!(s.jtis[i].matches('?').count(), 3 * rows);
+        for (i, rows) in UNITS.iter().enumerate() {
+            assert_eq!(s.exchanges[i].matches('?').count(), (3 + 27 + 8) * rows);
             assert_eq!(s.audits[i].matches('?').count(), 27 * rows);
-            assert_eq!(s.issued[i].matches('?').count(), 8 * rows);
         }
     }
 }
