@@ -120,9 +120,15 @@ pub fn narrow(parent: &WritClaims, request: &NarrowRequest, now: i64) -> Result<
         }
         requested
     };
-    let apps =
-        limit(parent.apps.as_deref(), &request.apps).map_err(|(app, allowed)| NarrowError::App { app, allowed })?;
-    let machines = limit(parent.machines.as_deref(), &request.machines)
+    // A token that names apps or machines reaches only those (writ-verify
+    // refuses the other kind of target): for such a parent an absent list
+    // means "none", never "any", or a child could add what its parent lacks.
+    let limited = parent.apps.is_some() || parent.machines.is_some();
+    let none: &[String] = &[];
+    let parent_apps = parent.apps.as_deref().or(limited.then_some(none));
+    let parent_machines = parent.machines.as_deref().or(limited.then_some(none));
+    let apps = limit(parent_apps, &request.apps).map_err(|(app, allowed)| NarrowError::App { app, allowed })?;
+    let machines = limit(parent_machines, &request.machines)
         .map_err(|(machine, allowed)| NarrowError::Machine { machine, allowed })?;
     let exp = match request.ttl {
         Some(ttl) if ttl.is_zero() => return Err(NarrowError::ZeroTtl),
@@ -138,6 +144,8 @@ type LimitError = (String, Vec<String>);
 
 fn limit(parent: Option<&[String]>, requested: &[String]) -> Result<Option<Vec<String>>, LimitError> {
     match parent {
+        // The parent reaches nothing of this kind: neither does the child.
+        Some([]) if requested.is_empty() => Ok(None),
         Some(allowed) if requested.is_empty() => Ok(Some(allowed.to_vec())),
         Some(allowed) => {
             let requested = dedup(requested);
@@ -248,6 +256,19 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_cannot_be_added_to_an_app_limited_token() {
+        // The app-limited parent reaches no machine; a child naming one
+        // would reach more than its parent.
+        let p = parent("deploy machines:exec", Some(&["web"]), None);
+        let req = NarrowRequest { machines: strings(&["vm-1"]), ..NarrowRequest::default() };
+        let e = narrow(&p, &req, NOW).expect_err("wider");
+        assert!(matches!(e, NarrowError::Machine { ref machine, .. } if machine == "vm-1"), "{e:?}");
+        assert_eq!(e.oauth_error(), "invalid_target");
+        let n = narrow(&p, &NarrowRequest::default(), NOW).expect("same reach");
+        assert_eq!((n.apps, n.machines), (Some(strings(&["web"])), None));
+    }
+
+    #[test]
     fn a_permission_the_parent_lacks_is_invalid_scope() {
         let p = parent("logs:read", None, None);
         let req = NarrowRequest { permissions: strings(&["deploy"]), ..NarrowRequest::default() };
@@ -322,10 +343,16 @@ mod tests {
             if let Ok(n) = narrow(&p, &req, now) {
                 let held: Vec<&str> = p.permissions().collect();
                 prop_assert!(n.permissions.iter().all(|x| held.contains(&x.as_str())));
+                let limited = apps.is_some() || machines.is_some();
                 for (child, parent) in [(&n.apps, &apps), (&n.machines, &machines)] {
-                    if let Some(limit) = parent {
-                        let child = child.as_ref().expect("a limit is never dropped");
-                        prop_assert!(child.iter().all(|x| limit.contains(x)));
+                    match parent {
+                        Some(limit) => {
+                            let child = child.as_ref().expect("a limit is never dropped");
+                            prop_assert!(child.iter().all(|x| limit.contains(x)));
+                        }
+                        // A limited parent reaches none of this kind.
+                        None if limited => prop_assert!(child.is_none()),
+                        None => {}
                     }
                 }
                 prop_assert!(n.exp <= p.exp && n.exp > now);
