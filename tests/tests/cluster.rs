@@ -243,7 +243,7 @@ struct Cluster {
     a: Server,
     b: Server,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A database, two replicas, and org `acme-prod` created through replica
@@ -256,7 +256,7 @@ async fn cluster() -> Option<Cluster> {
     // signing key, the second finds both.
     let a = replica("a", dir.path(), &pg, &issuer).await;
     let b = replica("b", dir.path(), &pg, &issuer).await;
-    let c = Cluster { issuer, pg, a, b, http: reqwest::Client::new(), _dir: dir };
+    let c = Cluster { issuer, pg, a, b, http: reqwest::Client::new(), dir };
     let (status, body) = c.send(c.post(&c.a, "/v1/orgs").json(&json!({"org": "acme-prod", "policy": POLICY}))).await;
     assert_eq!(status, 201, "{body:#}");
     // Replica B hears of the new org through PostgreSQL, in milliseconds.
@@ -370,9 +370,9 @@ async fn replicas_share_policies_replay_records_revocations_and_keys() {
     let child = jti_of(narrowed["token"].as_str().expect("token"));
     assert!(revoked.contains(&jti.as_str()) && revoked.contains(&child.as_str()), "{feed:#}");
 
-    // A key rotation started anywhere (here: straight in the database, as
-    // `Keyring::rotate` does it) is pre-published by every replica within a
-    // second, while the current key keeps signing.
+    // A key rotation (the operator's `writ keys rotate`, straight on the
+    // database) is pre-published by every replica within a second, while
+    // the current key keeps signing.
     let jwks = |server: &Server| {
         let url = format!("{}/.well-known/jwks.json", server.url);
         let http = c.http.clone();
@@ -388,7 +388,7 @@ async fn replicas_share_policies_replay_records_revocations_and_keys() {
     };
     let before = jwks(&c.a).await;
     assert_eq!(before, jwks(&c.b).await, "one key set");
-    let new_kid = rotate_in_database(&c.pg).await;
+    let new_kid = rotate_with_the_cli(c.dir.path());
     let rotated = Instant::now();
     for server in [&c.a, &c.b] {
         while !jwks(server).await.contains(&new_kid) {
@@ -411,19 +411,18 @@ async fn replicas_share_policies_replay_records_revocations_and_keys() {
     assert_eq!(header["kid"], before[0].as_str(), "the pre-published key does not sign yet");
 }
 
-/// Starts a rotation the way a replica does: a new key, sealed under the
-/// shared key-encryption key, activating after the pre-publication window.
-async fn rotate_in_database(pg: &TestPostgres) -> String {
-    use writ_server::signing::{Keyring, KeyringConfig};
-    use writ_server::storage::StorageOptions;
-    use writ_server::storage::kek::KeyEncryptionKey;
-    let options = StorageOptions {
-        key_encryption_key: Some(KeyEncryptionKey::from_base64(TEST_KEK).expect("kek")),
-        ..StorageOptions::default()
-    };
-    let store = writ_server::storage::open(&pg.url(), &options).await.expect("open the cluster's database");
-    let ring = Keyring::load_or_create(store.as_ref(), KeyringConfig::default(), now()).await.expect("keyring");
-    ring.rotate(store.as_ref(), now()).await.expect("rotate")
+/// `writ keys rotate --config` with replica A's config, as an operator
+/// runs it; returns the new key's kid.
+fn rotate_with_the_cli(dir: &Path) -> String {
+    let out = Command::new(common::writ_bin())
+        .args(["keys", "rotate", "--config"])
+        .arg(dir.join("a.toml"))
+        .output()
+        .expect("run writ keys rotate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "writ keys rotate: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let kid = stdout.strip_prefix("published signing key ").and_then(|rest| rest.split(';').next());
+    kid.unwrap_or_else(|| panic!("no kid in {stdout:?}")).to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 //! ([`super::batch`], [`group`]): concurrent exchanges share one transaction
 //! and one fsync, and each caller is answered only after that commit.
 
+mod checkpoint;
 mod group;
 
 use std::collections::HashMap;
@@ -76,6 +77,9 @@ pub struct SqliteStore {
     commits: GroupCommit,
     /// Pins already read or written, so most exchanges look none up.
     pins: Arc<PinCache>,
+    /// Keeps the background WAL checkpoints running while the store lives
+    /// (file databases only).
+    _checkpoints: Option<Arc<tokio::sync::watch::Sender<()>>>,
 }
 
 /// Most pins kept in [`PinCache`]; when full it starts over (a miss only
@@ -141,7 +145,8 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .acquire_timeout(config.acquire_timeout)
-            .connect_with(options.clone())
+            // Checkpoints run in the background instead (see `checkpoint`).
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await
             .map_err(map_err)?;
         MIGRATOR.run(&writer).await.map_err(StorageError::other)?;
@@ -151,14 +156,18 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        Ok(SqliteStore::from_pools(writer, reader))
+        let mut store = SqliteStore::from_pools(writer, reader);
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        tokio::spawn(checkpoint::run(store.writer.clone(), store.reader.clone(), stopped));
+        store._checkpoints = Some(Arc::new(stop));
+        Ok(store)
     }
 
     /// The store over its two pools; starts the group-commit writer on the
     /// current Tokio runtime.
     fn from_pools(writer: SqlitePool, reader: SqlitePool) -> SqliteStore {
         let commits = GroupCommit::start(group::SqliteBatchWriter { writer: writer.clone() });
-        SqliteStore { writer, reader, commits, pins: Arc::default() }
+        SqliteStore { writer, reader, commits, pins: Arc::default(), _checkpoints: None }
     }
 
     /// A fresh, private in-memory database, for unit tests and `--dev`.

@@ -1,0 +1,57 @@
+//! WAL checkpoints off the write path.
+//!
+//! By default SQLite checkpoints (copies the WAL's pages into the database
+//! file and syncs it) inside the commit that pushes the WAL past 1000
+//! pages, so every few hundred exchanges one commit, and every exchange
+//! queued behind it, waits for several megabytes of writes and an extra
+//! fsync. The writer connection therefore has automatic checkpoints off,
+//! and this task checkpoints from a reader connection instead:
+//!
+//! - every [`CHECKPOINT_INTERVAL`] a `PASSIVE` checkpoint, which runs
+//!   alongside the writer and never blocks it;
+//! - when the WAL has grown past [`WAL_RESTART_FRAMES`] (under sustained
+//!   load a passive checkpoint never quite catches up, and the WAL only
+//!   starts over from its beginning once it has), a `RESTART` checkpoint
+//!   on the writer connection, which briefly holds up writes and bounds the
+//!   WAL file.
+//!
+//! Durability does not depend on checkpoints: a commit is durable once its
+//! WAL frames are synced (`synchronous = FULL`), and a crash before a
+//! checkpoint is recovered from the WAL at the next open.
+
+use std::time::Duration;
+
+use sqlx::sqlite::SqlitePool;
+use tokio::sync::watch;
+
+/// How often the WAL is checkpointed in the background.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// WAL size, in pages, past which a checkpoint also restarts the WAL
+/// (32 MiB with 4 KiB pages).
+pub const WAL_RESTART_FRAMES: i64 = 8192;
+
+/// Runs until `stop`'s sender is dropped (the store is gone) or the pools
+/// are closed.
+pub(super) async fn run(writer: SqlitePool, reader: SqlitePool, mut stop: watch::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
+            changed = stop.changed() => if changed.is_err() { return },
+        }
+        if reader.is_closed() || writer.is_closed() {
+            return;
+        }
+        let passive: Result<(i64, i64, i64), _> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&reader).await;
+        match passive {
+            Ok((_, wal_frames, _)) if wal_frames >= WAL_RESTART_FRAMES => {
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&writer).await {
+                    tracing::warn!("restarting the SQLite WAL failed: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("SQLite WAL checkpoint failed: {e}"),
+        }
+    }
+}
