@@ -217,9 +217,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "machine": { "cpus": cpus, "load_at_start": load },
         "server": under.description,
     });
+    let mut failed = 0;
     if let Some(soak) = args.soak {
         let rate: f64 = if args.rate == "half" { 1800.0 } else { args.rate.parse().context("--rate")? };
         let soaked = soak_phase(&args, &under, &minter, rate, soak).await?;
+        failed += soaked["errors"].as_u64().unwrap_or(0);
         report["soak"] = soaked;
     } else {
         let mut best = 0.0_f64;
@@ -237,6 +239,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .await?;
             best = best.max(phase.throughput);
+            failed += phase.errors;
             println!("closed loop, {c} in flight: {}", phase.line());
             closed.push(phase.to_json(json!({"concurrency": c})));
         }
@@ -257,6 +260,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await?;
         println!("open loop at {rate:.0}/s (latency from intended send time): {}", phase.line());
+        failed += phase.errors;
         report["open_loop"] = phase.to_json(json!({"rate": rate, "duration_s": args.duration.as_secs_f64()}));
 
         let second = tokio::task::spawn_blocking(measure_ceiling).await??;
@@ -290,6 +294,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     drop(under);
+    if args.smoke && failed > 0 {
+        bail!("{failed} exchanges failed in a smoke run: the benchmark or the server is broken");
+    }
     Ok(())
 }
 

@@ -323,8 +323,104 @@ impl VerifyError {
 /// The result may only pick the configured issuer (by exact `iss`) and the
 /// key (by `kid`); every value in it is attacker-controlled. The size bound
 /// is checked first, before any decoding.
+///
+/// Same checks, in the same order, as [`verify_oidc`]'s first step, but the
+/// payload is only scanned for `iss`: the exchange peeks at every token
+/// before verifying it, and building the whole claims map there would
+/// double the cost of parsing it.
 pub fn peek_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedToken<'_>, VerifyError> {
-    split_unverified(token, max_token_bytes).map(|parts| parts.unverified)
+    let (header_b64, payload_b64, _) = split_compact(token, max_token_bytes)?;
+    let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
+    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
+    let PeekedIss(unverified_iss) =
+        serde_json::from_slice(&payload).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
+    let (unverified_alg, unverified_kid) = header_fields(&unverified_header)?;
+    let Some(unverified_iss) = unverified_iss else {
+        return Err(VerifyError::Malformed("the payload has no `iss` string"));
+    };
+    Ok(UnverifiedToken { unverified_iss, unverified_kid, unverified_alg, unverified_jwt: token })
+}
+
+const PAYLOAD_NOT_JSON: &str = "the payload is not base64url JSON";
+
+/// A JSON object's `iss` member when it is a string (the last one, like a
+/// full parse), read without keeping any other member.
+struct PeekedIss(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for PeekedIss {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = PeekedIss;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PeekedIss, A::Error> {
+                let mut iss = None;
+                while let Some(IsIss(is_iss)) = map.next_key()? {
+                    if is_iss {
+                        iss = match map.next_value::<Value>()? {
+                            Value::String(s) => Some(s),
+                            _ => None,
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(PeekedIss(iss))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Whether an object key is `iss`, decided without allocating the key.
+struct IsIss(bool);
+
+impl<'de> serde::Deserialize<'de> for IsIss {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = IsIss;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<IsIss, E> {
+                Ok(IsIss(key == "iss"))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The three dot-separated parts of a compact JWS, after the size check.
+fn split_compact(token: &str, max_token_bytes: usize) -> Result<(&str, &str, &str), VerifyError> {
+    if token.len() > max_token_bytes {
+        return Err(VerifyError::TooLarge { len: token.len(), max: max_token_bytes });
+    }
+    let mut parts = token.split('.');
+    let (Some(header_b64), Some(payload_b64), Some(unverified_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed("a JWT has three dot-separated parts"));
+    };
+    Ok((header_b64, payload_b64, unverified_signature))
+}
+
+/// The header's `alg` and `kid`, refusing `crit` (RFC 7515 §4.1.11).
+fn header_fields(unverified_header: &Map<String, Value>) -> Result<(String, Option<String>), VerifyError> {
+    if unverified_header.contains_key("crit") {
+        return Err(VerifyError::CriticalHeader);
+    }
+    let Some(Value::String(unverified_alg)) = unverified_header.get("alg") else {
+        return Err(VerifyError::Malformed("the header has no `alg` string"));
+    };
+    let unverified_kid = match unverified_header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(VerifyError::Malformed("the header's `kid` is not a string")),
+    };
+    Ok((unverified_alg.clone(), unverified_kid))
 }
 
 /// A token taken apart, nothing verified yet.
@@ -337,29 +433,10 @@ struct UnverifiedParts<'a> {
 }
 
 fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedParts<'_>, VerifyError> {
-    if token.len() > max_token_bytes {
-        return Err(VerifyError::TooLarge { len: token.len(), max: max_token_bytes });
-    }
-    let mut parts = token.split('.');
-    let (Some(header_b64), Some(payload_b64), Some(unverified_signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(VerifyError::Malformed("a JWT has three dot-separated parts"));
-    };
+    let (header_b64, payload_b64, unverified_signature) = split_compact(token, max_token_bytes)?;
     let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
-    let unverified_payload = decode_json_object(payload_b64, "the payload is not base64url JSON")?;
-
-    if unverified_header.contains_key("crit") {
-        return Err(VerifyError::CriticalHeader);
-    }
-    let Some(Value::String(unverified_alg)) = unverified_header.get("alg") else {
-        return Err(VerifyError::Malformed("the header has no `alg` string"));
-    };
-    let unverified_kid = match unverified_header.get("kid") {
-        None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => return Err(VerifyError::Malformed("the header's `kid` is not a string")),
-    };
+    let unverified_payload = decode_json_object(payload_b64, PAYLOAD_NOT_JSON)?;
+    let (unverified_alg, unverified_kid) = header_fields(&unverified_header)?;
     let Some(Value::String(unverified_iss)) = unverified_payload.get("iss") else {
         return Err(VerifyError::Malformed("the payload has no `iss` string"));
     };
@@ -367,7 +444,7 @@ fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedPar
         unverified: UnverifiedToken {
             unverified_iss: unverified_iss.clone(),
             unverified_kid,
-            unverified_alg: unverified_alg.clone(),
+            unverified_alg,
             unverified_jwt: token,
         },
         signing_input: &token[..header_b64.len() + 1 + payload_b64.len()],
@@ -645,6 +722,30 @@ mod tests {
 
     fn jwks(keys: &[Value]) -> JwkSet {
         serde_json::from_value(json!({ "keys": keys })).expect("a JWK set")
+    }
+
+    /// The cheap peek reads `iss` exactly as the full parse that follows
+    /// it: the last of duplicates, only strings, only from an object.
+    #[test]
+    fn peek_reads_iss_like_the_full_parse() {
+        let header = hostile::b64_json(&json!({"alg": "RS256", "kid": "k"}));
+        let token = |payload: &str| hostile::raw(&header, &hostile::b64(payload.as_bytes()), "sig");
+        for payload in [
+            r#"{"iss":"https://a","sub":"x","iss":"https://b"}"#,
+            r#"{"iss":42}"#,
+            r#"{"i\u0073s":"https://escaped","nested":{"iss":"https://inner"}}"#,
+            r#"["https://a"]"#,
+            r#"{"iss":"https://a""#,
+        ] {
+            let peeked = peek_unverified(&token(payload), DEFAULT_MAX_TOKEN_BYTES).map(|t| t.unverified_iss);
+            let full = split_unverified(&token(payload), DEFAULT_MAX_TOKEN_BYTES).map(|p| p.unverified.unverified_iss);
+            assert_eq!(peeked, full, "{payload}");
+        }
+        assert_eq!(
+            peek_unverified(&token(r#"{"iss":"https://a","iss":"https://b"}"#), DEFAULT_MAX_TOKEN_BYTES)
+                .map(|t| t.unverified_iss),
+            Ok("https://b".to_owned())
+        );
     }
 
     fn keys() -> JwkSet {

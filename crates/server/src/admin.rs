@@ -22,20 +22,21 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 use writ_core::claims::VerifiedClaims;
 use writ_core::policy::{self, Diagnostic, Pins, Policy, Request as PolicyRequest, SourceFormat, TtlLimits};
 
 use crate::app::AppState;
 use crate::auth::{AdminPermission, authenticate};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::exchange::{LEEWAY_SECS, pin_keys, storage_error, verify_error};
 use crate::policies::{PolicyRejected, PolicyUpdate, compile, policy_format};
 use crate::routes::Caller;
 use crate::storage::{
-    AuditQuery, AuditRecord, ManagedBy, NewOrg, NewPolicy, Outcome, Pin, Revocation, RevocationTarget, StorageError,
-    StoredPolicy,
+    AuditQuery, AuditRecord, ManagedBy, NewOrg, NewPolicy, Outcome, Pin, PolicyFormat, Revocation, RevocationTarget,
+    StorageError, StoredPolicy,
 };
 
 /// Default page size of `GET /v1/orgs/{org}/audit`.
@@ -194,37 +195,107 @@ fn json_body<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) 
     serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
 }
 
-fn policy_json(p: &StoredPolicy) -> Value {
-    json!({
-        "org": p.org,
-        "version": p.version,
-        "format": p.format,
-        "managed_by": p.managed_by,
-        "author": p.author,
-        "created_at": rfc3339(p.created_at),
-        "source": p.source,
-    })
+/// One stored version of an org's policy, with its metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyDocument {
+    /// The org.
+    pub org: String,
+    /// 1, 2, 3, … per org; the `ETag` is `"v<version>"`.
+    pub version: i64,
+    /// `toml` or `json`: the syntax of `source`.
+    #[schema(value_type = String, example = "toml")]
+    pub format: PolicyFormat,
+    /// `api` (written through this API) or `file` (the server's policy
+    /// directory; API writes are refused).
+    #[schema(value_type = String, example = "api")]
+    pub managed_by: ManagedBy,
+    /// Who stored it (`root`, or an admin token's `sub`).
+    pub author: Option<String>,
+    /// When it was stored, RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The policy text.
+    pub source: String,
+}
+
+fn policy_json(p: &StoredPolicy) -> PolicyDocument {
+    PolicyDocument {
+        org: p.org.clone(),
+        version: p.version,
+        format: p.format,
+        managed_by: p.managed_by,
+        author: p.author.clone(),
+        created_at: rfc3339(p.created_at),
+        source: p.source.clone(),
+    }
+}
+
+/// A path's `{org}` parameter.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrgPath {
+    /// The org: 1-64 letters, digits, `.`, `-` or `_`, starting with a
+    /// letter or digit.
+    #[param(example = "acme-prod")]
+    pub org: String,
 }
 
 // ---- POST /v1/orgs ---------------------------------------------------------
 
 /// `POST /v1/orgs` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrg {
     /// The new org's name.
+    #[schema(example = "acme-prod")]
     pub org: String,
     /// An optional first policy: TOML text, JSON text (with `format`), or
     /// a JSON object.
     #[serde(default)]
+    #[schema(schema_with = crate::api::schemas::policy_source)]
     pub policy: Option<Value>,
     /// `toml` (default) or `json`, for a policy given as text.
     #[serde(default)]
     pub format: Option<String>,
 }
 
-/// `POST /v1/orgs` (root only): creates an org, optionally with its first
-/// policy, which is linted before anything is stored.
+/// `POST /v1/orgs` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrgCreated {
+    /// The org.
+    pub org: String,
+    /// When it was created, RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// The version of its first policy, when one was given (1).
+    pub policy_version: Option<i64>,
+    /// The first policy's lint warnings.
+    #[schema(value_type = Vec<crate::api::schemas::DiagnosticSchema>)]
+    pub warnings: Value,
+}
+
+/// Create an org (root only)
+///
+/// Optionally with its first policy, which is linted before anything is
+/// stored.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs",
+    operation_id = "create_org",
+    tag = "admin",
+    security(("root_credential" = [])),
+    request_body(content = CreateOrg, content_type = "application/json",
+        example = json!({"org": "acme-prod", "policy": "org = \"acme-prod\"\n"})),
+    responses(
+        (status = 201, description = "Created", body = OrgCreated,
+            headers(("etag" = String, description = "`\"v1\"` when a first policy was stored"))),
+        (status = 400, description = "`invalid_request`: a bad org name or body; a policy that does not lint (diagnostics with line and column in `explanation`)", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: not the root credential", body = ErrorBody),
+        (status = 409, description = "`conflict`: the org exists", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn create_org(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let principal = authenticate(&state, &headers).await?;
     principal.require_root("creating an org")?;
@@ -283,12 +354,12 @@ pub async fn create_org(State(state): State<AppState>, headers: HeaderMap, body:
         warnings = diagnostics_json(&w);
     }
     tracing::info!(org = %org.org, "org {} created by {}", org.org, principal.name());
-    let body = json!({
-        "org": org.org,
-        "created_at": rfc3339(org.created_at),
-        "policy_version": stored.as_ref().map(|p| p.version),
-        "warnings": warnings,
-    });
+    let body = OrgCreated {
+        org: org.org,
+        created_at: rfc3339(org.created_at),
+        policy_version: stored.as_ref().map(|p| p.version),
+        warnings,
+    };
     let response = (StatusCode::CREATED, Json(body)).into_response();
     Ok(match stored {
         Some(p) => with_etag(response, p.version),
@@ -298,10 +369,37 @@ pub async fn create_org(State(state): State<AppState>, headers: HeaderMap, body:
 
 // ---- the policy ------------------------------------------------------------
 
-/// `GET /v1/orgs/{org}/policy[?version=N]`: the current (or a given)
-/// version, as JSON with its metadata, or the raw text with
-/// `Accept: application/toml` (`application/json` for a JSON policy is the
-/// metadata document). `ETag: "v<version>"`.
+/// The query of `GET /v1/orgs/{org}/policy`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PolicyQuery {
+    /// A past version (default: the current one).
+    #[param(minimum = 1)]
+    pub version: Option<i64>,
+}
+
+/// Read the org's policy
+///
+/// The current (or a given) version, as JSON with its metadata, or the
+/// raw text with `Accept: application/toml` (`application/json` for a
+/// JSON policy is the metadata document). `ETag: "v<version>"`.
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/policy",
+    operation_id = "get_policy",
+    tag = "admin",
+    params(OrgPath, PolicyQuery),
+    security(("admin_token" = []), ("root_credential" = [])),
+    responses(
+        (status = 200, description = "The policy version", headers(("etag" = String, description = "`\"v<version>\"`")),
+            content((PolicyDocument = "application/json"), (String = "application/toml"))),
+        (status = 400, description = "`invalid_request`: a bad `version` or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: another org, or no `writ:policy:read`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such org, or no such policy version", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn get_policy(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -338,11 +436,59 @@ pub async fn get_policy(
     Ok(with_etag(response, stored.version))
 }
 
-/// `PUT /v1/orgs/{org}/policy`: stores a new version. Needs
-/// `If-Match: "v<current>"` (or `If-None-Match: *` when the org has no
-/// policy yet); 412 with the current version when it moved on, 428
+/// `PUT /v1/orgs/{org}/policy` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyStored {
+    /// The org.
+    pub org: String,
+    /// The new version; the `ETag` is `"v<version>"`.
+    pub version: i64,
+    /// When it was stored, RFC 3339.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    /// Lint warnings (the policy was stored anyway).
+    #[schema(value_type = Vec<crate::api::schemas::DiagnosticSchema>)]
+    pub warnings: Value,
+}
+
+/// Store a new version of the org's policy
+///
+/// Needs `If-Match: "v<current>"` (or `If-None-Match: *` when the org has
+/// no policy yet); 412 with the current version when it moved on, 428
 /// without a precondition, 400 with line/column diagnostics for a policy
 /// that does not lint, 409 for a file-managed org.
+#[utoipa::path(
+    put,
+    path = "/v1/orgs/{org}/policy",
+    operation_id = "put_policy",
+    tag = "admin",
+    params(
+        OrgPath,
+        ("if-match" = Option<String>, Header, description = "`\"v<version>\"` of the policy the change is based on, or `*` for whatever is stored"),
+        ("if-none-match" = Option<String>, Header, description = "`*`: store the org's first policy"),
+    ),
+    security(("admin_token" = []), ("root_credential" = [])),
+    request_body(
+        description = "The policy, TOML or JSON (docs/policy.md); its `org` must be the path's",
+        content(
+            (String = "application/toml", example = json!("org = \"acme-prod\"\n\n[[rule]]\nname = \"deploy-web\"\nissuer = \"github\"\nrepository = \"acme/web\"\nref = \"refs/heads/main\"\npermissions = [\"deploy\"]\n")),
+            (Object = "application/json"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "Stored as a new version", body = PolicyStored, headers(("etag" = String))),
+        (status = 201, description = "Stored as the org's first version", body = PolicyStored, headers(("etag" = String))),
+        (status = 400, description = "`invalid_request`: the policy does not lint (diagnostics with line and column in `explanation`; nothing stored), is for another org, has a wrong Content-Type, or a malformed precondition", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: another org, or no `writ:policy:write`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such org", body = ErrorBody),
+        (status = 409, description = "`conflict`: the org's policy comes from the server's policy directory", body = ErrorBody),
+        (status = 412, description = "`precondition_failed`: the policy moved on; `current_version` in the body and the `ETag` header", body = ErrorBody,
+            headers(("etag" = String, description = "The current version"))),
+        (status = 428, description = "`precondition_required`: neither `If-Match` nor `If-None-Match: *`", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn put_policy(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -420,12 +566,12 @@ pub async fn put_policy(
     };
     tracing::info!(org = %org, version = stored.version, "policy of org {org} is now v{} (by {author})", stored.version);
     let status = if stored.version == 1 { StatusCode::CREATED } else { StatusCode::OK };
-    let body = json!({
-        "org": stored.org,
-        "version": stored.version,
-        "created_at": rfc3339(stored.created_at),
-        "warnings": diagnostics_json(&warnings),
-    });
+    let body = PolicyStored {
+        org: stored.org,
+        version: stored.version,
+        created_at: rfc3339(stored.created_at),
+        warnings: diagnostics_json(&warnings),
+    };
     Ok(with_etag((status, Json(body)).into_response(), stored.version))
 }
 
@@ -436,7 +582,31 @@ enum Precondition {
     Absent,
 }
 
-/// `GET /v1/orgs/{org}/policy/history`: every version, newest first.
+/// `GET /v1/orgs/{org}/policy/history` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyHistory {
+    /// The org.
+    pub org: String,
+    /// Every version, newest first.
+    pub versions: Vec<PolicyDocument>,
+}
+
+/// Every version of the org's policy, newest first
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/policy/history",
+    operation_id = "policy_history",
+    tag = "admin",
+    params(OrgPath),
+    security(("admin_token" = []), ("root_credential" = [])),
+    responses(
+        (status = 200, description = "The history", body = PolicyHistory),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: another org, or no `writ:policy:read`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such org", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn policy_history(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -447,18 +617,19 @@ pub async fn policy_history(
     require_org(&state, &org).await?;
     let mut history = state.store.policy_history(&org).await.map_err(storage_error)?;
     history.reverse();
-    let versions: Vec<Value> = history.iter().map(policy_json).collect();
-    Ok(Json(json!({ "org": org, "versions": versions })).into_response())
+    let versions = history.iter().map(policy_json).collect();
+    Ok(Json(PolicyHistory { org, versions }).into_response())
 }
 
 // ---- dry run ---------------------------------------------------------------
 
 /// `POST /v1/orgs/{org}/policy/dry-run` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRun {
     /// Claims to evaluate, as an issuer would sign them.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub claims: Option<serde_json::Map<String, Value>>,
     /// Or a real OIDC token, verified like an exchange (its `jti` is not
     /// consumed).
@@ -481,7 +652,7 @@ pub struct DryRun {
 }
 
 /// The request part of a dry run.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DryRunRequest {
     /// Requested permissions.
@@ -498,9 +669,29 @@ pub struct DryRunRequest {
     pub ttl: Option<String>,
 }
 
-/// `POST /v1/orgs/{org}/policy/dry-run`: evaluates claims or a real token
-/// against the org's policy (or a candidate) and returns the decision with
-/// its full explanation. Consumes nothing, issues nothing, audits nothing.
+/// Evaluate claims or a token against the org's policy
+///
+/// Evaluates claims or a real token against the org's policy (or a
+/// candidate) and returns the decision with its full explanation.
+/// Consumes nothing, issues nothing, audits nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/policy/dry-run",
+    operation_id = "dry_run",
+    tag = "admin",
+    params(OrgPath),
+    security(("admin_token" = []), ("root_credential" = [])),
+    request_body(content = DryRun, content_type = "application/json",
+        example = json!({"claims": {"iss": "https://token.actions.githubusercontent.com", "repository": "acme/web", "repository_owner": "acme", "ref": "refs/heads/main"}, "request": {"permissions": ["deploy"]}})),
+    responses(
+        (status = 200, description = "The decision, granted or denied, with every rule's outcome", body = crate::api::schemas::DryRunResultSchema),
+        (status = 400, description = "`invalid_request`: not exactly one of `claims` and `token`, a token that does not verify, an unknown issuer, a bad ttl, or a candidate policy that does not lint", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: another org, or no `writ:policy:read`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such org, or it has no policy and no candidate was sent", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage or the issuer's keys cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn dry_run(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -643,11 +834,70 @@ fn claims_of(
 
 // ---- the audit log ---------------------------------------------------------
 
-/// `GET /v1/orgs/{org}/audit`: decisions newest first. Filters `from`,
-/// `to` (Unix seconds or RFC 3339), `repository`, `outcome`, `rule`,
-/// `permission`; `limit` (default 100, at most 1000); `cursor` from the
-/// previous page's `next_cursor`. `Accept: text/csv` or `format=csv` for
-/// CSV (the next cursor is then in the `x-next-cursor` header).
+/// The query of `GET /v1/orgs/{org}/audit` (read by hand in [`audit`],
+/// which refuses other parameters).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditFilter {
+    /// Only decisions at or after this time: Unix seconds or RFC 3339.
+    pub from: Option<String>,
+    /// Only decisions at or before this time: Unix seconds or RFC 3339.
+    pub to: Option<String>,
+    /// Only this CI repository (`owner/name`).
+    pub repository: Option<String>,
+    /// `granted` or `denied`.
+    #[param(pattern = "^(granted|denied)$")]
+    pub outcome: Option<String>,
+    /// Only decisions by this rule.
+    pub rule: Option<String>,
+    /// Only decisions that asked for or granted this permission.
+    pub permission: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// `json` (default) or `csv`.
+    #[param(pattern = "^(json|csv)$")]
+    pub format: Option<String>,
+}
+
+/// `GET /v1/orgs/{org}/audit` response (JSON).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// The org.
+    pub org: String,
+    /// Decisions, newest first.
+    #[schema(value_type = Vec<crate::api::schemas::AuditRecordSchema>)]
+    pub records: Vec<Value>,
+    /// Send as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query the org's audit log
+///
+/// Decisions newest first. Filters `from`, `to` (Unix seconds or RFC
+/// 3339), `repository`, `outcome`, `rule`, `permission`; `limit` (default
+/// 100, at most 1000); `cursor` from the previous page's `next_cursor`.
+/// `Accept: text/csv` or `format=csv` for CSV (the next cursor is then in
+/// the `x-next-cursor` header).
+#[utoipa::path(
+    get,
+    path = "/v1/orgs/{org}/audit",
+    operation_id = "query_audit",
+    tag = "admin",
+    params(OrgPath, AuditFilter),
+    security(("admin_token" = []), ("root_credential" = [])),
+    responses(
+        (status = 200, description = "A page of decisions", headers(("x-next-cursor" = String, description = "CSV only: the next page's cursor")),
+            content((AuditPage = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "`invalid_request`: a bad filter, limit, cursor or format, or an unknown query parameter", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: another org, or no `writ:audit:read`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such org", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn audit(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -705,8 +955,8 @@ pub async fn audit(
         }
         return Ok(response);
     }
-    let records: Vec<Value> = records.iter().map(audit_json).collect();
-    Ok(Json(json!({ "org": org, "records": records, "next_cursor": next_cursor })).into_response())
+    let records = records.iter().map(audit_json).collect();
+    Ok(Json(AuditPage { org, records, next_cursor }).into_response())
 }
 
 fn decode_audit_cursor(cursor: &str) -> Result<uuid::Uuid, ApiError> {
@@ -804,7 +1054,7 @@ fn csv_field(value: &str) -> String {
 // ---- revocation ------------------------------------------------------------
 
 /// `POST /v1/orgs/{org}/revocations` body: exactly one target.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
     /// One token.
@@ -824,9 +1074,41 @@ pub struct RevokeRequest {
     pub reason: Option<String>,
 }
 
-/// `POST /v1/orgs/{org}/revocations`: revokes the org's unexpired tokens
-/// that the target selects, and everything narrowed from them; returns how
-/// many were newly revoked. They appear in the revocation feed at once.
+/// `POST /v1/orgs/{org}/revocations` response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokeResult {
+    /// The org.
+    pub org: String,
+    /// How many tokens were newly revoked, descendants included.
+    pub revoked: u64,
+    /// The target, as sent: one of `jti`, `repository`, `run_id`, `rule`.
+    #[schema(value_type = Object, example = json!({"repository": "acme/web"}))]
+    pub target: Value,
+}
+
+/// Revoke the org's tokens
+///
+/// Revokes the org's unexpired tokens that the target selects, and
+/// everything narrowed from them; returns how many were newly revoked.
+/// They appear in the revocation feed at once.
+#[utoipa::path(
+    post,
+    path = "/v1/orgs/{org}/revocations",
+    operation_id = "revoke_tokens",
+    tag = "admin",
+    params(OrgPath),
+    security(("admin_token" = []), ("root_credential" = [])),
+    request_body(content = RevokeRequest, content_type = "application/json",
+        example = json!({"repository": "acme/web", "reason": "leaked in a log"})),
+    responses(
+        (status = 200, description = "Revoked", body = RevokeResult),
+        (status = 400, description = "`invalid_request`: not exactly one target, or a target of more than 256 characters", body = ErrorBody),
+        (status = 401, description = "`invalid_token`: no, or an invalid, credential", body = ErrorBody),
+        (status = 403, description = "`insufficient_scope`: another org, or no `writ:tokens:revoke`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such org, or no token with that `jti` was issued for it", body = ErrorBody),
+        (status = 503, description = "`temporarily_unavailable`: storage cannot be reached", body = ErrorBody),
+    ),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     Path(org): Path<String>,
@@ -881,7 +1163,7 @@ pub async fn revoke(
         RevocationTarget::RunId(v) => json!({"run_id": v}),
         RevocationTarget::Rule(v) => json!({"rule": v}),
     };
-    Ok(Json(json!({ "org": org, "revoked": revoked, "target": target_json })).into_response())
+    Ok(Json(RevokeResult { org, revoked, target: target_json }).into_response())
 }
 
 #[cfg(test)]

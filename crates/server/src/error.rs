@@ -12,6 +12,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Header carrying the request id, set on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -32,15 +33,17 @@ pub struct ApiError {
 }
 
 /// The JSON body of every error.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// An RFC 6749 error code (`invalid_grant`, `invalid_request`, …).
+    #[schema(example = "invalid_grant")]
     pub error: &'static str,
     /// One human sentence: what was wrong and, where possible, how to fix it.
     pub error_description: String,
     /// Per-rule detail of a policy denial, when the caller may see it; for
     /// a refused policy, its diagnostics (each with `line` and `column`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub explanation: Option<serde_json::Value>,
     /// On 412 (a policy changed since the caller read it): the version
     /// stored now.

@@ -2,6 +2,7 @@
 //! configuration and routes. Only this crate knows HTTP on the server side.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;

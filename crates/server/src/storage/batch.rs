@@ -37,9 +37,9 @@ pub const QUEUE_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub enum Write {
     /// A granted exchange ([`super::Storage::record_exchange`]).
-    Exchange(ExchangeRecord),
+    Exchange(Box<ExchangeRecord>),
     /// A denial's audit record ([`super::Storage::record_denial`]).
-    Denial(AuditRecord),
+    Denial(Box<AuditRecord>),
 }
 
 /// A backend's way to write a batch in one transaction.
@@ -168,7 +168,7 @@ mod tests {
     }
 
     fn denial(org: &str) -> Write {
-        Write::Denial(AuditRecord::new(1, "req", org, Outcome::Denied))
+        Write::Denial(Box::new(AuditRecord::new(1, "req", org, Outcome::Denied)))
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,7 +86,8 @@ pub struct SqliteStore {
 /// costs a read).
 const PIN_CACHE_CAPACITY: usize = 100_000;
 
-/// Recorded pins, by (issuer, kind, lowercased name).
+/// Recorded pins, by (issuer, kind, lowercased name), exactly as read
+/// from the database.
 ///
 /// Only pins that exist are cached, and that is safe because a pin never
 /// changes once recorded: `insert_pin` never overwrites one, and nothing
@@ -110,7 +111,7 @@ impl PinCache {
         if pins.len() >= PIN_CACHE_CAPACITY {
             pins.clear();
         }
-        pins.insert((pin.issuer.clone(), pin.kind, pin.name.to_lowercase()), pin.clone());
+        pins.insert((pin.issuer.clone(), pin.kind, pin.name.clone()), pin.clone());
     }
 }
 
@@ -596,16 +597,11 @@ impl Storage for SqliteStore {
     }
 
     async fn record_exchange(&self, rec: ExchangeRecord) -> Result<(), StorageError> {
-        let new_pins = rec.new_pins.clone();
-        self.commits.write(Write::Exchange(rec)).await?;
-        for pin in &new_pins {
-            self.pins.insert(pin);
-        }
-        Ok(())
+        self.commits.write(Write::Exchange(Box::new(rec))).await
     }
 
     async fn record_denial(&self, audit: AuditRecord) -> Result<(), StorageError> {
-        self.commits.write(Write::Denial(audit)).await
+        self.commits.write(Write::Denial(Box::new(audit))).await
     }
 
     async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError> {

@@ -25,11 +25,12 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::watch;
 
 /// How often the WAL is checkpointed in the background.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// WAL size, in pages, past which a checkpoint also restarts the WAL
-/// (32 MiB with 4 KiB pages).
-pub const WAL_RESTART_FRAMES: i64 = 8192;
+/// (16 MiB with 4 KiB pages). The WAL file stays below about this plus
+/// what one [`CHECKPOINT_INTERVAL`] of writes adds.
+pub const WAL_RESTART_FRAMES: i64 = 4096;
 
 /// Runs until `stop`'s sender is dropped (the store is gone) or the pools
 /// are closed.
