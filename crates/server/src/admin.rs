@@ -254,7 +254,8 @@ pub struct CreateOrg {
     #[serde(default)]
     #[schema(schema_with = crate::api::schemas::policy_source)]
     pub policy: Option<Value>,
-    /// `toml` (default) or `json`, for a policy given as text.
+    /// `toml` (default) or `json`, for a policy given as text; read only
+    /// with `policy`.
     #[serde(default)]
     pub format: Option<String>,
 }
@@ -373,9 +374,10 @@ pub async fn create_org(State(state): State<AppState>, headers: HeaderMap, body:
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PolicyQuery {
-    /// A past version (default: the current one).
-    #[param(minimum = 1)]
-    pub version: Option<i64>,
+    /// A past version number; absent or empty: the current one. (A
+    /// string, since an empty value is accepted as absent.)
+    #[param(pattern = "^[0-9]*$", example = "3")]
+    pub version: Option<String>,
 }
 
 /// Read the org's policy
@@ -464,8 +466,8 @@ pub struct PolicyStored {
     tag = "admin",
     params(
         OrgPath,
-        ("if-match" = Option<String>, Header, description = "`\"v<version>\"` of the policy the change is based on, or `*` for whatever is stored"),
-        ("if-none-match" = Option<String>, Header, description = "`*`: store the org's first policy"),
+        ("if-match" = Option<String>, Header, pattern = r#"^\s*(\*|(W/)?"?v?[0-9]+"?)\s*$"#, description = "`\"v<version>\"` of the policy the change is based on, or `*` for whatever is stored"),
+        ("if-none-match" = Option<String>, Header, pattern = r"^\s*\*\s*$", description = "`*`: store the org's first policy"),
     ),
     security(("admin_token" = []), ("root_credential" = [])),
     request_body(
@@ -646,7 +648,7 @@ pub struct DryRun {
     /// text, or JSON text with `format`): test before you apply.
     #[serde(default)]
     pub policy: Option<String>,
-    /// `toml` (default) or `json`, for `policy`.
+    /// `toml` (default) or `json`, for `policy`; read only with `policy`.
     #[serde(default)]
     pub format: Option<String>,
 }
@@ -845,20 +847,21 @@ pub struct AuditFilter {
     pub to: Option<String>,
     /// Only this CI repository (`owner/name`).
     pub repository: Option<String>,
-    /// `granted` or `denied`.
-    #[param(pattern = "^(granted|denied)$")]
+    /// `granted` or `denied` (empty: either).
+    #[param(pattern = "^(granted|denied)?$")]
     pub outcome: Option<String>,
     /// Only decisions by this rule.
     pub rule: Option<String>,
     /// Only decisions that asked for or granted this permission.
     pub permission: Option<String>,
-    /// Page size, 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u32>,
+    /// Page size, 1 to 1000; absent or empty: 100. (A string, since an
+    /// empty value is accepted as absent.)
+    #[param(pattern = "^([1-9][0-9]{0,2}|1000)?$", example = "100")]
+    pub limit: Option<String>,
     /// The previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// `json` (default) or `csv`.
-    #[param(pattern = "^(json|csv)$")]
+    #[param(pattern = "^(json|csv)?$")]
     pub format: Option<String>,
 }
 

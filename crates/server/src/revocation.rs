@@ -175,6 +175,7 @@ fn token_param(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
 #[derive(Debug, ToSchema)]
 pub struct TokenParam {
     /// The writ token.
+    #[schema(min_length = 1)]
     pub token: String,
     /// Optional, and ignored: writ knows its one token type.
     pub token_type_hint: Option<String>,

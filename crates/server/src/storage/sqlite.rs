@@ -82,6 +82,9 @@ pub struct SqliteStore {
     _checkpoints: Option<Arc<tokio::sync::watch::Sender<()>>>,
 }
 
+/// Replay records deleted per statement by `purge_expired`.
+const PURGE_CHUNK: i64 = 2000;
+
 /// Most pins kept in [`PinCache`]; when full it starts over (a miss only
 /// costs a read).
 const PIN_CACHE_CAPACITY: usize = 100_000;
@@ -628,12 +631,26 @@ impl Storage for SqliteStore {
 
     async fn purge_expired(&self, now: i64) -> Result<u64, StorageError> {
         // Strictly before `now`: `expires_at` already is exp + leeway.
-        let done = sqlx::query("DELETE FROM used_jtis WHERE expires_at < ?")
+        // In chunks, each its own short transaction: at thousands of
+        // exchanges a second a minute's worth of expired records is over
+        // 100,000 rows, and one statement deleting them all would hold the
+        // writer (and every exchange queued behind it) for a second or more.
+        let mut purged = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM used_jtis WHERE (issuer, jti) IN \
+                 (SELECT issuer, jti FROM used_jtis WHERE expires_at < ? LIMIT ?)",
+            )
             .bind(now)
+            .bind(PURGE_CHUNK)
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
-        Ok(done.rows_affected())
+            purged += done.rows_affected();
+            if done.rows_affected() < PURGE_CHUNK as u64 {
+                return Ok(purged);
+            }
+        }
     }
 
     async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StorageError> {
@@ -1049,6 +1066,64 @@ mod tests {
         store.close().await;
         assert!(matches!(store.ping().await, Err(StorageError::Unavailable(_))));
         assert!(matches!(store.record_exchange(suite::exchange("j", "t", 1)).await, Err(StorageError::Unavailable(_))));
+    }
+
+    /// Concurrent exchanges without new pins take the bulk path of group
+    /// commit; each token presented twice is granted exactly once, even
+    /// when both presentations land in one batch, and a replay leaves no
+    /// audit record or issued token behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_grants_each_token_once_and_writes_only_grants() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(file_store(&dir).await);
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let store = store.clone();
+                let mut rec = suite::exchange(&format!("jti-{}", i % 100), &format!("tok-{i}"), 1_000);
+                rec.new_pins.clear();
+                tokio::spawn(async move { store.record_exchange(rec).await })
+            })
+            .collect();
+        let (mut granted, mut replays) = (0, 0);
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(()) => granted += 1,
+                Err(StorageError::Replay) => replays += 1,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!((granted, replays), (100, 100));
+        for sql in
+            ["SELECT COUNT(*) FROM used_jtis", "SELECT COUNT(*) FROM audit", "SELECT COUNT(*) FROM issued_tokens"]
+        {
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&store.reader).await.expect("count");
+            assert_eq!(n, 100, "{sql}");
+        }
+    }
+
+    #[tokio::test]
+    async fn purge_deletes_every_expired_record_across_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        let expired = 2 * PURGE_CHUNK + 7;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+             INSERT INTO used_jtis (issuer, jti, expires_at) SELECT 'iss', 'old-' || i, 100 FROM n",
+        )
+        .bind(expired)
+        .execute(&store.writer)
+        .await
+        .expect("insert expired");
+        store.record_exchange(suite::exchange("fresh", "tok-1", 1_000)).await.expect("exchange");
+
+        assert_eq!(store.purge_expired(500).await.expect("purge"), expired as u64);
+        let left: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM used_jtis").fetch_one(&store.reader).await.expect("count");
+        assert_eq!(left, 1, "only the unexpired record stays");
+        assert!(matches!(
+            store.record_exchange(suite::exchange("fresh", "tok-2", 1_000)).await,
+            Err(StorageError::Replay)
+        ));
     }
 
     #[tokio::test]

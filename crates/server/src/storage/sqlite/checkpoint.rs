@@ -25,7 +25,7 @@ use sqlx::sqlite::SqlitePool;
 use tokio::sync::watch;
 
 /// How often the WAL is checkpointed in the background.
-pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// WAL size, in pages, past which a checkpoint also restarts the WAL
 /// (16 MiB with 4 KiB pages). The WAL file stays below about this plus
