@@ -170,7 +170,7 @@ struct Under {
 async fn run(args: Args) -> anyhow::Result<()> {
     let (load, cpus) = procstat::load_and_cpus();
     println!("writ-bench: {cpus} CPUs, load average {load:.2} at start");
-    if load > 0.5 {
+    if load > cpus as f64 / 2.0 {
         println!("  note: the machine is busy; figures are noisy (ratios within this run stay comparable)");
     }
     let issuer = FakeIssuer::start_on(IssuerShape::GitHub, args.issuer_listen).await?;
