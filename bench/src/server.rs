@@ -79,6 +79,11 @@ dir = "{policies}"
 deploy = "Deploy apps"
 "logs:read" = "Read logs"
 
+# The benchmark measures capacity: rate limits per source would cap it.
+[limits]
+exchanges_per_minute_per_repository = 0
+requests_per_second_per_client = 0
+
 [[issuers]]
 name = "github"
 kind = "github"

@@ -223,6 +223,10 @@ deploy = "Deploy"
 "logs:read" = "Read logs"
 [admin]
 root_credential_hash = "{root}"
+# The load test drives one repository far past the default rate limit.
+[limits]
+exchanges_per_minute_per_repository = 0
+requests_per_second_per_client = 0
 [[issuers]]
 name = "github"
 kind = "github"

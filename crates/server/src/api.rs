@@ -110,6 +110,10 @@ impl Modify for LayerResponses {
                     add("413", "The request body is larger than the server accepts (`[limits] max_body_bytes`)");
                 }
                 add("408", "The request took longer than the server's timeout to arrive and be answered");
+                add(
+                    "429",
+                    "`temporarily_unavailable`: too many requests from this client address (`[limits] requests_per_second_per_client`), or on the exchange endpoints too many exchanges for this repository (`[limits] exchanges_per_minute_per_repository`); retry after `Retry-After` seconds",
+                );
                 add("431", "The request headers add up to more than 16 KiB");
                 add("500", "Internal error: `server_error` and the request id; the cause is in the server's log only");
             }

@@ -84,6 +84,8 @@ pub struct AppState {
     pub catalogue: Catalogue,
     /// The time source.
     pub clock: Clock,
+    /// Rate limits per repository and per client address.
+    pub rate_limits: crate::ratelimit::RateLimits,
 }
 
 impl AppState {
@@ -135,12 +137,20 @@ impl AppState {
         if let Some(dir) = &config.policies_dir {
             crate::policies::sync_dir(dir, &policies, store.as_ref(), &catalogue, clock.now()).await?;
         }
-        Ok(AppState { config: Arc::new(config), issuers, store, keyring, policies, catalogue, clock })
+        let rate_limits = crate::ratelimit::RateLimits::new(config.limits.rate);
+        Ok(AppState { config: Arc::new(config), issuers, store, keyring, policies, catalogue, clock, rate_limits })
     }
 
     /// Starts the background tasks: policy directory watch, replay-record
     /// purge, key warm-up.
     pub fn spawn_background(&self) {
+        let rate_limits = self.rate_limits.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::ratelimit::RETAIN_INTERVAL).await;
+                rate_limits.retain_recent();
+            }
+        });
         if let Some(dir) = self.config.policies_dir.clone() {
             tokio::spawn(crate::policies::watch_dir(
                 dir,
@@ -178,9 +188,11 @@ pub fn router(state: AppState) -> Router {
     let request_id = http::HeaderName::from_static(REQUEST_ID_HEADER);
     // Every route, with its OpenAPI operation: `api::documented` is the
     // route table (tests/openapi.rs: no route is added here).
+    let rate_limits = state.rate_limits.clone();
     api::routes()
         .fallback(routes::not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(rate_limits, limit_clients))
         .layer(axum::middleware::from_fn(limit_headers))
         .layer(axum::middleware::from_fn(finish_errors))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -192,6 +204,27 @@ pub fn router(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION, http::header::COOKIE]))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Refuses a client address over its request rate with 429 and
+/// `Retry-After`, before any other work. Requests without a peer address
+/// (in-process tests) are not limited.
+async fn limit_clients(
+    axum::extract::State(limits): axum::extract::State<crate::ratelimit::RateLimits>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    if let Some(ip) = peer
+        && let Err(wait) = limits.check_client(ip)
+    {
+        let secs = crate::ratelimit::retry_after_secs(wait);
+        return axum::response::IntoResponse::into_response(crate::error::ApiError::too_many_requests(
+            format!("too many requests from {ip}; retry after {secs} s"),
+            secs,
+        ));
+    }
+    next.run(request).await
 }
 
 /// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`]

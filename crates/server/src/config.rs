@@ -31,6 +31,15 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_MAX_TOKEN_AGE: Duration = Duration::from_secs(60 * 60);
 /// Largest request body accepted on any endpoint.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Exchanges per minute one repository may make (a minute's worth may come
+/// at once). A deploy job makes one or two; a thousand repositories
+/// sharing a server never notice, one runaway workflow is slowed down.
+pub const DEFAULT_EXCHANGES_PER_MINUTE_PER_REPOSITORY: u32 = 600;
+/// Requests per second one client address may send to any endpoint (two
+/// seconds' worth may come at once). Behind a load balancer every request
+/// comes from the balancer's address: set this to 0 there and limit at the
+/// balancer.
+pub const DEFAULT_REQUESTS_PER_SECOND_PER_CLIENT: u32 = 1000;
 /// Largest OIDC token accepted; real CI tokens are 1-2 KiB.
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
 
@@ -127,6 +136,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest subject token, in bytes.
     pub max_token_bytes: usize,
+    /// Rate limits per repository and per client address.
+    pub rate: crate::ratelimit::RateLimitConfig,
 }
 
 // ---- the file format -------------------------------------------------------
@@ -225,6 +236,8 @@ struct RawIssuer {
 struct RawLimits {
     max_body_bytes: Option<usize>,
     max_token_bytes: Option<usize>,
+    exchanges_per_minute_per_repository: Option<u32>,
+    requests_per_second_per_client: Option<u32>,
 }
 
 fn default_listen() -> String {
@@ -381,6 +394,16 @@ fn build(raw: RawConfig, base: &Path) -> anyhow::Result<Config> {
     let limits = Limits {
         max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
         max_token_bytes: raw.limits.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES),
+        rate: crate::ratelimit::RateLimitConfig {
+            exchanges_per_minute_per_repository: raw
+                .limits
+                .exchanges_per_minute_per_repository
+                .unwrap_or(DEFAULT_EXCHANGES_PER_MINUTE_PER_REPOSITORY),
+            requests_per_second_per_client: raw
+                .limits
+                .requests_per_second_per_client
+                .unwrap_or(DEFAULT_REQUESTS_PER_SECOND_PER_CLIENT),
+        },
     };
     if limits.max_token_bytes > limits.max_body_bytes {
         bail!("limits.max_token_bytes must not exceed limits.max_body_bytes");

@@ -143,6 +143,13 @@ impl ApiError {
         e
     }
 
+    /// 429 with `Retry-After`: a rate limit per source was reached.
+    pub fn too_many_requests(description: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable", description);
+        e.retry_after = Some(retry_after_secs);
+        e
+    }
+
     /// 500: "internal error" and the request id; the cause goes to the log
     /// only. Log it where it is handled, before calling this.
     pub fn internal() -> ApiError {

@@ -92,6 +92,16 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     validate_input(&input)?;
     let now = state.clock.now();
     let claims = verify(state, &input.subject_token, now).await?;
+    // After the signature verified: a forged token cannot spend another
+    // repository's budget. Not audited: a runaway loop would flood the log.
+    let source = client_id(&claims);
+    if let Err(wait) = state.rate_limits.check_repository(&source) {
+        let secs = crate::ratelimit::retry_after_secs(wait);
+        return Err(ApiError::too_many_requests(
+            format!("too many exchanges for {source}; retry after {secs} s"),
+            secs,
+        ));
+    }
 
     let mut audit = audit_for(&claims, &input, now, caller);
 

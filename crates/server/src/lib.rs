@@ -11,6 +11,7 @@ pub mod exchange;
 pub mod narrow;
 pub mod oidc;
 pub mod policies;
+pub mod ratelimit;
 pub mod replicas;
 pub mod revocation;
 pub mod routes;

@@ -7,6 +7,7 @@ mod harness;
 use harness::{Harness, PROD_POLICY, STAGING_POLICY};
 use http::StatusCode;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 use writ_testkit::hostile;
 
 async fn prod_and_staging() -> Harness {
@@ -460,4 +461,50 @@ async fn discovery_jwks_and_health_are_served() {
     assert_eq!(status, StatusCode::OK, "{body:#}");
     let (_, body) = h.get("/v1/audience").await;
     assert_eq!(body["audience"], h.audience());
+}
+
+#[tokio::test]
+async fn a_noisy_repository_is_rate_limited_without_starving_others() {
+    let h = Harness::start_with(&[STAGING_POLICY], "[limits]\nexchanges_per_minute_per_repository = 2\n").await;
+    for _ in 0..2 {
+        let token = h.issuer.mint(&h.github("acme/web").build());
+        let (status, body) = h.exchange(json!({"token": token, "org": "acme-staging"})).await;
+        assert_eq!(status, StatusCode::OK, "{body:#}");
+    }
+    let token = h.issuer.mint(&h.github("acme/web").build());
+    let (status, body) = h.exchange(json!({"token": token, "org": "acme-staging"})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body:#}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(body["error_description"].as_str().expect("text").contains("github:acme/web"), "{body:#}");
+    // Another repository is not affected.
+    let other = h.issuer.mint(&h.github("acme/api").build());
+    let (status, body) = h.exchange(json!({"token": other, "org": "acme-staging"})).await;
+    assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{body:#}");
+    // A forged token for the noisy repository is refused as invalid, never
+    // counted against anyone's budget.
+    let forged = hostile::tamper_signature(&h.issuer.mint(&h.github("acme/api").build()));
+    let (status, body) = h.exchange(json!({"token": forged, "org": "acme-staging"})).await;
+    assert_eq!(body["error"], "invalid_grant", "{status}: {body:#}");
+}
+
+#[tokio::test]
+async fn a_noisy_client_address_gets_429_with_retry_after_on_any_endpoint() {
+    let h = Harness::start_with(&[STAGING_POLICY], "[limits]\nrequests_per_second_per_client = 1\n").await;
+    let from = |ip: &str| {
+        let mut request = http::Request::get("/healthz").body(axum::body::Body::empty()).expect("request");
+        let addr: std::net::SocketAddr = format!("{ip}:40000").parse().expect("addr");
+        request.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        request
+    };
+    // A burst of two seconds' worth, then refusal.
+    for _ in 0..2 {
+        let (status, _) = h.send(from("192.0.2.1")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let response = h.router.clone().oneshot(from("192.0.2.1")).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = response.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    let (status, _) = h.send(from("192.0.2.2")).await;
+    assert_eq!(status, StatusCode::OK, "another address keeps its budget");
 }

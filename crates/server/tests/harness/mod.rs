@@ -74,6 +74,11 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(policies: &[&str]) -> Harness {
+        Harness::start_with(policies, "").await
+    }
+
+    /// Like [`Harness::start`], with `extra` appended to the config.
+    pub async fn start_with(policies: &[&str], extra: &str) -> Harness {
         let issuer = FakeIssuer::start(IssuerShape::GitHub).await.expect("fake issuer");
         let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
@@ -98,6 +103,7 @@ secret_hash = "{client}"
 name = "github"
 kind = "github"
 url = "{}"
+{extra}
 "#,
             issuer.url(),
             root = CredentialHash::of(ROOT_CREDENTIAL),
