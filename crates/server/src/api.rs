@@ -140,6 +140,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::audit))
         .routes(routes!(admin::revoke))
         .routes(routes!(routes::healthz))
+        .routes(routes!(routes::metrics))
         .routes(routes!(routes::readyz))
         .routes(routes!(openapi_json))
 }

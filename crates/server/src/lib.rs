@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod exchange;
+pub mod metrics;
 pub mod narrow;
 pub mod oidc;
 pub mod policies;

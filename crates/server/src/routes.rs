@@ -184,7 +184,10 @@ pub async fn exchange_json(
         machines: req.machines,
         ttl,
     };
-    let out: ExchangeOutput = exchange::exchange(&state, input, &caller).await?;
+    let started = std::time::Instant::now();
+    let result = exchange::exchange(&state, input, &caller).await;
+    crate::metrics::exchange(started, result.as_ref().err().map(ApiError::code));
+    let out: ExchangeOutput = result?;
     Ok(no_store(
         Json(ExchangeResponse {
             token: out.token,
@@ -261,7 +264,10 @@ pub async fn exchange_form(
         }
         _ => {}
     }
-    let out = exchange::exchange(&state, input, &caller).await?;
+    let started = std::time::Instant::now();
+    let result = exchange::exchange(&state, input, &caller).await;
+    crate::metrics::exchange(started, result.as_ref().err().map(ApiError::code));
+    let out = result?;
     let body = TokenResponse {
         access_token: out.token,
         issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
@@ -604,6 +610,24 @@ pub struct Health {
     /// Always `ok`.
     #[schema(example = "ok")]
     pub status: &'static str,
+}
+
+/// Prometheus metrics: exchange outcomes by OAuth error code and exchange
+/// latency. Public like `/healthz`: no token, org or repository appears in
+/// any label.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")),
+)]
+pub async fn metrics() -> Response {
+    let body = match crate::metrics::handle() {
+        Some(handle) => handle.render(),
+        None => "# metrics recorder unavailable: the embedding program installed its own\n".to_owned(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Liveness: the process is up

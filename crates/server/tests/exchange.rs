@@ -508,3 +508,28 @@ async fn a_noisy_client_address_gets_429_with_retry_after_on_any_endpoint() {
     let (status, _) = h.send(from("192.0.2.2")).await;
     assert_eq!(status, StatusCode::OK, "another address keeps its budget");
 }
+
+#[tokio::test]
+async fn metrics_count_exchanges_by_outcome_without_naming_callers() {
+    let h = prod_and_staging().await;
+    let token = h.issuer.mint(&h.github("acme/web").environment("production").build());
+    let (status, _) = h.exchange(json!({"token": token, "org": "acme-prod"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.exchange(json!({"token": token, "org": "acme-prod"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let response = h
+        .router
+        .clone()
+        .oneshot(http::Request::get("/metrics").body(axum::body::Body::empty()).expect("request"))
+        .await
+        .expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-type"].to_str().expect("ascii").starts_with("text/plain"));
+    let bytes = http_body_util::BodyExt::collect(response.into_body()).await.expect("body").to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).expect("utf8");
+    // The recorder is process-wide (other tests add to it): check presence.
+    assert!(text.contains(r#"writ_exchanges_total{outcome="granted",error=""}"#), "{text}");
+    assert!(text.contains(r#"writ_exchanges_total{outcome="refused",error="invalid_grant"}"#), "{text}");
+    assert!(text.contains("writ_exchange_duration_seconds"), "{text}");
+    assert!(!text.contains("acme"), "no org or repository in any label: {text}");
+}

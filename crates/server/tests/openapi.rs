@@ -33,6 +33,7 @@ const PROMISED: &[(&str, &str)] = &[
     ("get", "/v1/orgs/{org}/audit"),
     ("post", "/v1/orgs/{org}/revocations"),
     ("get", "/healthz"),
+    ("get", "/metrics"),
     ("get", "/readyz"),
     ("get", "/openapi.json"),
 ];
