@@ -428,6 +428,12 @@ async fn story_9_a_revoked_token_is_refused_by_the_platform_within_the_feed_inte
 /// scaled down, as the platform's key refresh below scales down its 15 min.
 const PREPUBLICATION: Duration = Duration::from_secs(5);
 
+/// The story drives exchanges from one repository continuously, far past
+/// the default rate limit per repository: turn it off for this server.
+fn rotation_config(port: u16, issuer: &writ_testkit::FakeIssuer) -> String {
+    format!("{}\n[limits]\nexchanges_per_minute_per_repository = 0\n", server_config(port, issuer))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn story_10_signing_key_rotation_fails_no_request() {
     // writ runs in process here (writ_server::app on 127.0.0.1:0): `writ
@@ -438,7 +444,7 @@ async fn story_10_signing_key_rotation_fails_no_request() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind writ");
     let port = listener.local_addr().expect("addr").port();
     let config =
-        writ_server::config::Config::parse(&server_config(port, &issuer), dir.path(), &|_| None).expect("config");
+        writ_server::config::Config::parse(&rotation_config(port, &issuer), dir.path(), &|_| None).expect("config");
     let max_ttl = config.tokens.max_ttl;
     let mut state = writ_server::app::AppState::build(config, writ_server::app::Clock::system()).await.expect("state");
     let keyring_config = KeyringConfig { prepublication: PREPUBLICATION, max_token_lifetime: max_ttl };
