@@ -268,9 +268,25 @@ async fn verify(state: &AppState, token: &str, now: i64) -> Result<VerifiedClaim
         max_age_secs: max_token_age_secs(state),
         max_token_bytes: state.config.limits.max_token_bytes,
     };
-    state.issuers.verify(token, &cfg, now).await.map_err(|e| verify_error(&e))
+    let claims = state.issuers.verify(token, &cfg, now).await.map_err(|e| verify_error(&e))?;
+    // The issuer is known only once verification picked it: the shared
+    // check above used the loosest bound of all issuers, this one applies
+    // the issuer's own `max_token_age`.
+    let max_secs = state
+        .config
+        .issuers
+        .iter()
+        .find(|i| i.name == claims.issuer_name())
+        .map_or(cfg.max_age_secs, |i| i.max_token_age.as_secs() as i64);
+    let age_secs = now - claims.iat();
+    if age_secs > max_secs {
+        return Err(verify_error(&VerifyError::TooOld { age_secs, max_secs }));
+    }
+    Ok(claims)
 }
 
+/// The loosest token-age bound of all issuers; each issuer's own bound is
+/// applied after verification.
 fn max_token_age_secs(state: &AppState) -> i64 {
     state.config.issuers.iter().map(|i| i.max_token_age.as_secs() as i64).max().unwrap_or(3600)
 }

@@ -533,3 +533,17 @@ async fn metrics_count_exchanges_by_outcome_without_naming_callers() {
     assert!(text.contains("writ_exchange_duration_seconds"), "{text}");
     assert!(!text.contains("acme"), "no org or repository in any label: {text}");
 }
+
+#[tokio::test]
+async fn each_issuer_keeps_its_own_token_age_bound() {
+    // A second, laxer issuer must not loosen github's 10-minute bound.
+    let extra = "max_token_age = \"10m\"\n[[issuers]]\nname = \"lax\"\nkind = \"generic\"\nurl = \"http://127.0.0.1:9\"\nmax_token_age = \"2h\"\n";
+    let h = Harness::start_with(&[STAGING_POLICY], extra).await;
+    let now = h.clock.now();
+    let old = h.github("acme/web").iat(now - 1200).nbf(now - 1200).exp(now + 60).build();
+    let (status, body) = h.exchange(json!({"token": h.issuer.mint(&old), "org": "acme-staging"})).await;
+    assert_refused(status, &body, "invalid_grant", "too_old");
+    let fresh = h.github("acme/web").iat(now - 300).nbf(now - 300).exp(now + 60).build();
+    let (status, body) = h.exchange(json!({"token": h.issuer.mint(&fresh), "org": "acme-staging"})).await;
+    assert_eq!(status, StatusCode::OK, "{body:#}");
+}
