@@ -81,7 +81,7 @@ pub struct AppState {
     /// Parsed policies of every org.
     pub policies: PolicySet,
     /// Issuers and permissions, for the linter.
-    pub catalogue: Catalogue,
+    pub catalogue: Arc<Catalogue>,
     /// The time source.
     pub clock: Clock,
     /// Rate limits per repository and per client address.
@@ -138,6 +138,7 @@ impl AppState {
             crate::policies::sync_dir(dir, &policies, store.as_ref(), &catalogue, clock.now()).await?;
         }
         let rate_limits = crate::ratelimit::RateLimits::new(config.limits.rate);
+        let catalogue = Arc::new(catalogue);
         Ok(AppState { config: Arc::new(config), issuers, store, keyring, policies, catalogue, clock, rate_limits })
     }
 
@@ -156,7 +157,7 @@ impl AppState {
                 dir,
                 self.policies.clone(),
                 self.store.clone(),
-                self.catalogue.clone(),
+                (*self.catalogue).clone(),
                 self.clock.clone(),
             ));
         }

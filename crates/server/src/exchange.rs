@@ -207,7 +207,13 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     granted.granted_machines = (!grant.machines.is_empty()).then(|| grant.machines.clone());
     granted.token_jti = Some(jti.clone());
     granted.token_expires_at = Some(expires_at);
-    granted.explanation = serde_json::to_value(&grant.explanation).ok();
+    // A grant's record keeps the granting rule's outcome only. The rules
+    // that did not match before it explain nothing about this token, and
+    // writing each one's failures into every grant made the audit row (and
+    // so the bytes synced per exchange) several times larger. A denial's
+    // record keeps every rule's outcome.
+    granted.explanation =
+        serde_json::to_value(grant.explanation.last().map(std::slice::from_ref).unwrap_or_default()).ok();
     let record = ExchangeRecord {
         used_jti: UsedJti::new(claims.issuer_name(), claims.jti(), claims.exp()),
         new_pins: grant.new_pins.iter().map(|p| Pin::from_core(p, now)).collect(),
@@ -242,7 +248,9 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         }
         Err(e) => return Err(storage_error(e)),
     }
-    tracing::info!(
+    // Debug, not info: the audit log is the record of every decision, and a
+    // log line per grant costs a write to stderr per exchange.
+    tracing::debug!(
         org = %input.org, rule = %grant.rule, repository = ?claims.get_str("repository"), ttl_s = ttl_secs,
         "granted {} to {} for org {} by rule {}", grant.permissions.join(" "), claims.sub(), input.org, grant.rule
     );

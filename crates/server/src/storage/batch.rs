@@ -2,8 +2,8 @@
 //! share one transaction, and so one fsync, without giving up any
 //! request's atomicity or durability.
 //!
-//! Callers hand their [`Write`] to one writer task through a bounded queue
-//! and wait. The writer takes everything queued (up to [`MAX_BATCH`]), has
+//! Callers hand their [`Write`] to one writer thread through a bounded
+//! queue and wait. The writer takes everything queued (up to [`MAX_BATCH`]), has
 //! the backend ([`BatchWriter`]) write it in one transaction in which a
 //! replay or pin conflict fails only its own write, commits once, and only
 //! then answers each caller with its own result:
@@ -42,14 +42,14 @@ pub enum Write {
     Denial(Box<AuditRecord>),
 }
 
-/// A backend's way to write a batch in one transaction.
-#[async_trait::async_trait]
-pub trait BatchWriter: Send + Sync + 'static {
+/// A backend's way to write a batch in one transaction. It runs on the
+/// group-commit thread, so it may block (on SQL, on the fsync of a commit).
+pub trait BatchWriter: Send + 'static {
     /// Writes `writes` in one transaction and commits it. Returns one result
     /// per write, in order, when the transaction committed (a write that
     /// failed on its own — replay, pin conflict — left no trace in it), or
     /// the error that stopped the whole batch (nothing of it committed).
-    async fn write_batch(&self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError>;
+    fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError>;
 }
 
 /// The handle callers write through. Cloning shares the writer.
@@ -58,18 +58,30 @@ pub struct GroupCommit {
     queue: mpsc::Sender<Job>,
 }
 
-struct Job {
-    write: Write,
-    reply: oneshot::Sender<Result<(), StorageError>>,
+enum Job {
+    Write {
+        write: Write,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Stop after the writes queued before it; answered once the writer
+    /// (and its connection) is gone.
+    Close(std::sync::mpsc::Sender<()>),
 }
 
 impl GroupCommit {
-    /// Starts the writer task on the current Tokio runtime. It ends when the
-    /// last handle is dropped.
-    pub fn start<W: BatchWriter>(writer: W) -> GroupCommit {
+    /// Starts the writer on a thread of its own, named `name`. It ends when
+    /// the last handle is dropped or [`close`](Self::close) is called.
+    ///
+    /// A dedicated thread rather than a Tokio task: the writer blocks on
+    /// SQL and on each commit's fsync, and callers hand it their writes
+    /// without a hop through the runtime's blocking pool.
+    pub fn start<W: BatchWriter>(name: &str, writer: W) -> Result<GroupCommit, StorageError> {
         let (queue, jobs) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run(writer, jobs));
-        GroupCommit { queue }
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run(writer, jobs))
+            .map_err(|e| StorageError::Unavailable(format!("starting the storage writer thread: {e}").into()))?;
+        Ok(GroupCommit { queue })
     }
 
     /// Queues `write` and waits until the batch holding it has committed
@@ -80,8 +92,18 @@ impl GroupCommit {
     /// before the client hangs up, the token is recorded but never sent.
     pub async fn write(&self, write: Write) -> Result<(), StorageError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Job { write, reply }).await.map_err(|_| stopped())?;
+        self.queue.send(Job::Write { write, reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// Stops the writer after what is queued and waits until it has
+    /// closed its connection. Later writes fail as unavailable.
+    pub async fn close(&self) {
+        let (done, finished) = std::sync::mpsc::channel();
+        if self.queue.send(Job::Close(done)).await.is_ok() {
+            // The writer answers by dropping `done` as its thread ends.
+            let _ = tokio::task::spawn_blocking(move || finished.recv()).await;
+        }
     }
 }
 
@@ -89,16 +111,38 @@ fn stopped() -> StorageError {
     StorageError::Unavailable("the storage writer has stopped".into())
 }
 
-async fn run<W: BatchWriter>(writer: W, mut jobs: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (writes, replies): (Vec<Write>, Vec<_>) = batch.drain(..).map(|j| (j.write, j.reply)).unzip();
+fn run<W: BatchWriter>(mut writer: W, mut jobs: mpsc::Receiver<Job>) {
+    let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    let mut closing = None;
+    while closing.is_none() {
+        // Block for the first job, then take whatever else is queued.
+        let Some(first) = jobs.blocking_recv() else { return };
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write { write, reply } => {
+                    writes.push(write);
+                    replies.push(reply);
+                }
+                Job::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if writes.len() < MAX_BATCH {
+                next = jobs.try_recv().ok();
+            }
+        }
+        if writes.is_empty() {
+            continue;
+        }
         let started = std::time::Instant::now();
-        let written = writer.write_batch(&writes).await;
+        let written = writer.write_batch(&writes);
         tracing::debug!(writes = writes.len(), micros = started.elapsed().as_micros() as u64, "group commit");
         match written {
             Ok(results) if results.len() == writes.len() => {
-                for (reply, result) in replies.into_iter().zip(results) {
+                for (reply, result) in replies.drain(..).zip(results) {
                     // A caller that stopped waiting needs no answer.
                     let _ = reply.send(result);
                 }
@@ -109,17 +153,23 @@ async fn run<W: BatchWriter>(writer: W, mut jobs: mpsc::Receiver<Job>) {
                     results = results.len(),
                     "batch writer answered the wrong count"
                 );
-                for reply in replies {
+                for reply in replies.drain(..) {
                     let _ = reply.send(Err(StorageError::other("storage batch writer answered the wrong count")));
                 }
             }
             Err(e) => {
-                for reply in replies {
+                for reply in replies.drain(..) {
                     let _ = reply.send(Err(copy_error(&e)));
                 }
             }
         }
+        writes.clear();
     }
+    // Writes queued after the close are refused: dropping `jobs` (and
+    // their replies) tells their callers the writer has stopped.
+    drop(jobs);
+    drop(writer);
+    drop(closing);
 }
 
 /// The batch's error for each of its callers. Only its class matters to
@@ -149,11 +199,10 @@ mod tests {
         in_flight: Arc<AtomicUsize>,
     }
 
-    #[async_trait::async_trait]
     impl BatchWriter for Fake {
-        async fn write_batch(&self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+        fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError> {
             assert_eq!(self.in_flight.fetch_add(1, Ordering::SeqCst), 0, "one batch at a time");
-            tokio::task::yield_now().await;
+            std::thread::yield_now();
             self.batches.lock().expect("lock").push(writes.len());
             self.in_flight.fetch_sub(1, Ordering::SeqCst);
             let org = |w: &Write| match w {
@@ -175,7 +224,7 @@ mod tests {
     async fn concurrent_writes_share_batches_and_get_their_own_results() {
         let fake = Fake::default();
         let batches = fake.batches.clone();
-        let commits = GroupCommit::start(fake);
+        let commits = GroupCommit::start("test-writer", fake).expect("start");
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let commits = commits.clone();
@@ -199,7 +248,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_batch_fails_each_caller_with_its_class() {
-        let commits = GroupCommit::start(Fake::default());
+        let commits = GroupCommit::start("test-writer", Fake::default()).expect("start");
         let (a, b) = tokio::join!(commits.write(denial("broken")), commits.write(denial("ok")));
         assert!(matches!(a, Err(StorageError::Unavailable(_))), "{a:?}");
         // "ok" either shared the broken batch (and failed with it) or

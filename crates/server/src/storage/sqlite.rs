@@ -77,9 +77,11 @@ pub struct SqliteStore {
     commits: GroupCommit,
     /// Pins already read or written, so most exchanges look none up.
     pins: Arc<PinCache>,
-    /// Keeps the background WAL checkpoints running while the store lives
-    /// (file databases only).
+    /// Keeps the background WAL checkpoints running while the store lives.
     _checkpoints: Option<Arc<tokio::sync::watch::Sender<()>>>,
+    /// The temporary directory of a scratch store
+    /// ([`SqliteStore::open_in_memory`]), removed with the last clone.
+    _scratch: Option<Arc<tempfile::TempDir>>,
 }
 
 /// Replay records deleted per statement by `purge_expired`.
@@ -130,12 +132,17 @@ impl SqliteStore {
         if is_in_memory(location) {
             return Self::open_in_memory().await;
         }
+        Self::open_file(location, config).await
+    }
+
+    async fn open_file(location: &str, config: &SqliteConfig) -> Result<Self, StorageError> {
         let options = if location.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(location).map_err(StorageError::other)?
         } else {
             SqliteConnectOptions::new().filename(location)
         };
-        create_private_file(options.get_filename())?;
+        let path = options.get_filename().to_owned();
+        create_private_file(&path)?;
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -160,42 +167,49 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        let mut store = SqliteStore::from_pools(writer, reader);
+        // The exchange path's writer: its own connection, on its own thread.
+        let batch_writer = group::SqliteBatchWriter::open(&path, config.busy_timeout)?;
+        let commits = GroupCommit::start("writ-sqlite-writer", batch_writer)?;
         let (stop, stopped) = tokio::sync::watch::channel(());
-        tokio::spawn(checkpoint::run(store.writer.clone(), store.reader.clone(), stopped));
-        store._checkpoints = Some(Arc::new(stop));
+        tokio::spawn(checkpoint::run(writer.clone(), reader.clone(), stopped));
+        Ok(SqliteStore {
+            writer,
+            reader,
+            commits,
+            pins: Arc::default(),
+            _checkpoints: Some(Arc::new(stop)),
+            _scratch: None,
+        })
+    }
+
+    /// A fresh, private database that lives as long as the store, for unit
+    /// tests and `--dev`. Nothing survives a restart.
+    ///
+    /// It is a file in a new private temporary directory, removed when the
+    /// last clone of the store is dropped, rather than SQLite's `:memory:`:
+    /// the exchange path writes through a connection of its own (see
+    /// `group`), and a `:memory:` database is private to one connection.
+    /// So the scratch store runs exactly the code and durability settings
+    /// of a real one.
+    pub async fn open_in_memory() -> Result<Self, StorageError> {
+        let dir = tempfile::Builder::new()
+            .prefix("writ-scratch-")
+            .tempdir()
+            .map_err(|e| StorageError::Unavailable(format!("creating a scratch database directory: {e}").into()))?;
+        let path = dir.path().join("writ.db");
+        let location = path
+            .to_str()
+            .ok_or_else(|| StorageError::other(format!("temporary path {} is not UTF-8", path.display())))?
+            .to_owned();
+        let mut store = Self::open_file(&location, &SqliteConfig::default()).await?;
+        store._scratch = Some(Arc::new(dir));
         Ok(store)
     }
 
-    /// The store over its two pools; starts the group-commit writer on the
-    /// current Tokio runtime.
-    fn from_pools(writer: SqlitePool, reader: SqlitePool) -> SqliteStore {
-        let commits = GroupCommit::start(group::SqliteBatchWriter { writer: writer.clone() });
-        SqliteStore { writer, reader, commits, pins: Arc::default(), _checkpoints: None }
-    }
-
-    /// A fresh, private in-memory database, for unit tests and `--dev`.
-    ///
-    /// An in-memory SQLite database lives as long as its connection, so
-    /// this uses one connection that is never closed by idling, shared by
-    /// readers and the writer. Nothing survives a restart.
-    pub async fn open_in_memory() -> Result<Self, StorageError> {
-        let options =
-            SqliteConnectOptions::from_str("sqlite::memory:").map_err(StorageError::other)?.foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(map_err)?;
-        MIGRATOR.run(&pool).await.map_err(StorageError::other)?;
-        Ok(SqliteStore::from_pools(pool.clone(), pool))
-    }
-
-    /// Closes both pools, waiting for in-flight statements.
+    /// Closes both pools and the exchange writer, waiting for in-flight
+    /// statements.
     pub async fn close(&self) {
+        self.commits.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -253,10 +267,6 @@ fn map_err(e: sqlx::Error) -> StorageError {
         _ => false,
     };
     if transient { StorageError::Unavailable(Box::new(e)) } else { StorageError::Other(Box::new(e)) }
-}
-
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StorageError> {
@@ -413,76 +423,14 @@ fn bind_audit<'q>(
 }
 
 async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StorageError> {
-    group::insert_audits(conn, &[a]).await
-}
-
-/// Writes one granted exchange inside the caller's transaction: consumes
-/// the `jti`, records new pins, the audit record and the issued token.
-/// Fails with [`StorageError::Replay`] or [`StorageError::PinConflict`]
-/// having written part of it: the caller rolls back (to a savepoint).
-async fn write_exchange(conn: &mut SqliteConnection, rec: &ExchangeRecord) -> Result<(), StorageError> {
-    sqlx::query("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?, ?, ?)")
-        .bind(&rec.used_jti.issuer)
-        .bind(&rec.used_jti.jti)
-        .bind(rec.used_jti.expires_at)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| if is_unique_violation(&e) { StorageError::Replay } else { map_err(e) })?;
-    for pin in &rec.new_pins {
-        insert_pin(conn, pin).await?;
-    }
-    insert_audit(conn, &rec.audit).await?;
-    let t = &rec.issued;
-    sqlx::query(
-        "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, \
-         expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&t.jti)
-    .bind(&t.org)
-    .bind(&t.subject)
-    .bind(&t.repository)
-    .bind(&t.run_id)
-    .bind(&t.rule)
-    .bind(t.issued_at)
-    .bind(t.expires_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?;
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let placeholders = vec!["?"; AUDIT_COLUMNS.split(',').count()].join(", ");
+        format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({placeholders})")
+    });
+    // Constant column list and placeholders only: every value is bound.
+    bind_audit(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), a)?.execute(&mut *conn).await.map_err(map_err)?;
     Ok(())
-}
-
-/// Inserts `pin` unless its name is already pinned; a pin with another id
-/// is a conflict.
-async fn insert_pin(conn: &mut SqliteConnection, pin: &Pin) -> Result<(), StorageError> {
-    let name = pin.name.to_lowercase();
-    let inserted = sqlx::query(
-        "INSERT INTO pins (issuer, kind, name, id, created_at) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (issuer, kind, name) DO NOTHING",
-    )
-    .bind(&pin.issuer)
-    .bind(pin.kind.as_str())
-    .bind(&name)
-    .bind(&pin.id)
-    .bind(pin.created_at)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_err)?
-    .rows_affected();
-    if inserted == 1 {
-        return Ok(());
-    }
-    let pinned_id: String = sqlx::query_scalar("SELECT id FROM pins WHERE issuer = ? AND kind = ? AND name = ?")
-        .bind(&pin.issuer)
-        .bind(pin.kind.as_str())
-        .bind(&name)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(map_err)?;
-    if pinned_id == pin.id {
-        Ok(())
-    } else {
-        Err(StorageError::PinConflict { kind: pin.kind, name, pinned_id, presented_id: pin.id.clone() })
-    }
 }
 
 #[async_trait::async_trait]
