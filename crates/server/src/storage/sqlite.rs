@@ -168,10 +168,11 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         // The exchange path's writer: its own connection, on its own thread.
-        let batch_writer = group::SqliteBatchWriter::open(&path, config.busy_timeout)?;
+        let restart = checkpoint::RestartWanted::default();
+        let batch_writer = group::SqliteBatchWriter::open(&path, config.busy_timeout, restart.clone())?;
         let commits = GroupCommit::start("writ-sqlite-writer", batch_writer)?;
         let (stop, stopped) = tokio::sync::watch::channel(());
-        tokio::spawn(checkpoint::run(writer.clone(), reader.clone(), stopped));
+        tokio::spawn(checkpoint::run(writer.clone(), reader.clone(), restart, stopped));
         Ok(SqliteStore {
             writer,
             reader,
@@ -780,8 +781,8 @@ mod admin {
 
     pub(super) async fn query_audit(reader: &SqlitePool, q: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
         // One static statement: every filter is "unset or holds", so the
-        // SQL never depends on the input. The (org, id) index serves the
-        // order and the cursor.
+        // SQL never depends on the input. The table's (org, id) key serves
+        // the order and the cursor.
         let rows = sqlx::query(
             "SELECT * FROM audit WHERE org = ?1 \
              AND (?2 IS NULL OR time >= ?2) \

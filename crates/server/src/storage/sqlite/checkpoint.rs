@@ -12,13 +12,18 @@
 //! - when the WAL has grown past [`WAL_RESTART_FRAMES`] (under sustained
 //!   load a passive checkpoint never quite catches up, and the WAL only
 //!   starts over from its beginning once it has), a `RESTART` checkpoint
-//!   on the writer connection, which briefly holds up writes and bounds the
-//!   WAL file.
+//!   by the exchange writer itself, between two of its batches (see
+//!   [`RestartWanted`]). It copies only what the passive checkpoints left,
+//!   briefly holds up writes, and bounds the WAL file. It has to be the
+//!   writer: another connection asking for the write lock would wait
+//!   behind a writer that takes it again right after every commit.
 //!
 //! Durability does not depend on checkpoints: a commit is durable once its
 //! WAL frames are synced (`synchronous = FULL`), and a crash before a
 //! checkpoint is recovered from the WAL at the next open.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::SqlitePool;
@@ -27,14 +32,31 @@ use tokio::sync::watch;
 /// How often the WAL is checkpointed in the background.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
-/// WAL size, in pages, past which a checkpoint also restarts the WAL
-/// (16 MiB with 4 KiB pages). The WAL file stays below about this plus
-/// what one [`CHECKPOINT_INTERVAL`] of writes adds.
-pub const WAL_RESTART_FRAMES: i64 = 4096;
+/// WAL size, in pages, past which the WAL is restarted (64 MiB with 4 KiB
+/// pages). The WAL file stays below about this plus what one
+/// [`CHECKPOINT_INTERVAL`] of writes adds.
+pub const WAL_RESTART_FRAMES: i64 = 16_384;
+
+/// Set by the background task when the WAL should start over; the exchange
+/// writer runs the `RESTART` checkpoint after its current batch and clears
+/// it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RestartWanted(Arc<AtomicBool>);
+
+impl RestartWanted {
+    fn ask(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    /// True once per request.
+    pub(super) fn take(&self) -> bool {
+        self.0.swap(false, Ordering::AcqRel)
+    }
+}
 
 /// Runs until `stop`'s sender is dropped (the store is gone) or the pools
 /// are closed.
-pub(super) async fn run(writer: SqlitePool, reader: SqlitePool, mut stop: watch::Receiver<()>) {
+pub(super) async fn run(writer: SqlitePool, reader: SqlitePool, restart: RestartWanted, mut stop: watch::Receiver<()>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
@@ -46,11 +68,7 @@ pub(super) async fn run(writer: SqlitePool, reader: SqlitePool, mut stop: watch:
         let passive: Result<(i64, i64, i64), _> =
             sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&reader).await;
         match passive {
-            Ok((_, wal_frames, _)) if wal_frames >= WAL_RESTART_FRAMES => {
-                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(RESTART)").execute(&writer).await {
-                    tracing::warn!("restarting the SQLite WAL failed: {e}");
-                }
-            }
+            Ok((_, wal_frames, _)) if wal_frames >= WAL_RESTART_FRAMES => restart.ask(),
             Ok(_) => {}
             Err(e) => tracing::warn!("SQLite WAL checkpoint failed: {e}"),
         }

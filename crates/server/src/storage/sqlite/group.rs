@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
 
+use super::checkpoint::RestartWanted;
 use super::{AUDIT_COLUMNS, to_json};
 use crate::storage::batch::{BatchWriter, Write};
 use crate::storage::{AuditRecord, ExchangeRecord, Pin, StorageError};
@@ -35,6 +36,7 @@ use crate::storage::{AuditRecord, ExchangeRecord, Pin, StorageError};
 /// Writes batches on its own connection to the database file.
 pub(super) struct SqliteBatchWriter {
     conn: Connection,
+    restart: RestartWanted,
 }
 
 impl std::fmt::Debug for SqliteBatchWriter {
@@ -58,7 +60,7 @@ impl SqliteBatchWriter {
     /// `synchronous = FULL` (each commit syncs the WAL), foreign keys on,
     /// and automatic checkpoints off (they run in the background instead,
     /// see `checkpoint`).
-    pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Self, StorageError> {
+    pub(super) fn open(path: &Path, busy_timeout: Duration, restart: RestartWanted) -> Result<Self, StorageError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(map_err)?;
         let tries = (busy_timeout.as_micros() / BUSY_RETRY.as_micros()).max(1);
@@ -71,7 +73,7 @@ impl SqliteBatchWriter {
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;")
             .map_err(map_err)?;
         conn.set_prepared_statement_cache_capacity(16);
-        Ok(SqliteBatchWriter { conn })
+        Ok(SqliteBatchWriter { conn, restart })
     }
 
     /// This connection's `PRAGMA synchronous` (2 is FULL), for tests.
@@ -107,6 +109,22 @@ impl BatchWriter for SqliteBatchWriter {
             results.push(result);
         }
         tx.commit().map_err(map_err)?;
+        if self.restart.take() {
+            // Between batches, holding no lock: copies what the background
+            // checkpoints left and starts the WAL over (see `checkpoint`).
+            // A failure leaves the WAL longer, nothing else; the next
+            // request tries again.
+            let restarted: Result<(i64, i64, i64), _> =
+                self.conn
+                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
+            match restarted {
+                Ok((0, _, _)) => {}
+                Ok((_, frames, copied)) => {
+                    tracing::debug!(frames, copied, "WAL restart waited too long for readers; will try again")
+                }
+                Err(e) => tracing::warn!("restarting the SQLite WAL failed: {e}"),
+            }
+        }
         Ok(results)
     }
 }
@@ -280,7 +298,7 @@ mod tests {
         let path = dir.path().join("writ.db");
         let store =
             super::super::SqliteStore::open(path.to_str().expect("utf-8"), &Default::default()).await.expect("open");
-        let writer = SqliteBatchWriter::open(&path, Duration::from_secs(1)).expect("writer");
+        let writer = SqliteBatchWriter::open(&path, Duration::from_secs(1), RestartWanted::default()).expect("writer");
         assert_eq!(writer.synchronous(), 2, "synchronous = FULL");
         let journal: String = writer.conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).expect("pragma");
         assert_eq!(journal, "wal");
