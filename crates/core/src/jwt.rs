@@ -489,15 +489,94 @@ pub fn verify_oidc(
     cfg: &VerifyConfig,
     now: i64,
 ) -> Result<VerifiedClaims, VerifyError> {
+    verify_oidc_with(token, issuer, &KeySet::new(keys.clone()), cfg, now)
+}
+
+/// [`verify_oidc`] with keys prepared once ([`KeySet`]): what the server
+/// calls for every exchange, with the key set it keeps per issuer.
+pub fn verify_oidc_with(
+    token: &str,
+    issuer: &IssuerSpec,
+    keys: &KeySet,
+    cfg: &VerifyConfig,
+    now: i64,
+) -> Result<VerifiedClaims, VerifyError> {
     let parts = split_unverified(token, cfg.max_token_bytes)?;
     let alg = allowed_algorithm(&parts.unverified.unverified_alg, &issuer.algorithms)?;
-    let jwk = select_key(keys, parts.unverified.unverified_kid.as_deref(), alg)?;
-    let key = DecodingKey::from_jwk(jwk)
-        .map_err(|_| VerifyError::KeyMismatch("the key's parameters are not a valid public key"))?;
-    verify_signature(parts.signing_input, parts.unverified_signature, &key, alg)?;
+    let (index, jwk) = select_key(&keys.jwks, parts.unverified.unverified_kid.as_deref(), alg)?;
+    match (alg, keys.rs256.get(index)) {
+        (Algorithm::RS256, Some(Some(parsed))) => {
+            verify_parsed(parts.signing_input, parts.unverified_signature, parsed)?;
+        }
+        _ => {
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|_| VerifyError::KeyMismatch("the key's parameters are not a valid public key"))?;
+            verify_signature(parts.signing_input, parts.unverified_signature, &key, alg)?;
+        }
+    }
     // The signature covers the payload bytes these claims were parsed from.
     let claims = parts.unverified_payload;
     check_claims(claims, issuer, cfg, now)
+}
+
+/// An issuer's published keys, with each RSA key also parsed once for
+/// RS256 (aws-lc-rs `ParsedPublicKey`), so that verifying a token does not
+/// decode the key's modulus and set up its arithmetic again. Key selection
+/// and every check on the JWK are the same as for the plain set.
+#[derive(Clone)]
+pub struct KeySet {
+    jwks: JwkSet,
+    /// Per entry of `jwks.keys`: the key parsed for RS256, if it is an RSA
+    /// key that parses (others take jsonwebtoken's path, which refuses them
+    /// as it always did).
+    rs256: Vec<Option<aws_lc_rs::signature::ParsedPublicKey>>,
+}
+
+impl KeySet {
+    /// Prepares `jwks`.
+    pub fn new(jwks: JwkSet) -> KeySet {
+        let rs256 = jwks.keys.iter().map(parse_rs256).collect();
+        KeySet { jwks, rs256 }
+    }
+
+    /// The keys as published.
+    pub fn jwks(&self) -> &JwkSet {
+        &self.jwks
+    }
+}
+
+impl From<JwkSet> for KeySet {
+    fn from(jwks: JwkSet) -> Self {
+        KeySet::new(jwks)
+    }
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Vec<Option<&str>> = self.jwks.keys.iter().map(|k| k.common.key_id.as_deref()).collect();
+        f.debug_struct("KeySet").field("kids", &kids).finish_non_exhaustive()
+    }
+}
+
+fn parse_rs256(jwk: &Jwk) -> Option<aws_lc_rs::signature::ParsedPublicKey> {
+    let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else { return None };
+    let n = URL_SAFE_NO_PAD.decode(&rsa.n).ok()?;
+    let e = URL_SAFE_NO_PAD.decode(&rsa.e).ok()?;
+    aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
+        .to_parsed_public_key(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256)
+        .ok()
+}
+
+/// RS256 with a parsed key: the same algorithm parameters (PKCS#1 v1.5,
+/// SHA-256, 2048–8192-bit keys) and the same base64url decoding of the
+/// signature as jsonwebtoken's aws-lc-rs verifier.
+fn verify_parsed(
+    signing_input: &str,
+    unverified_signature: &str,
+    key: &aws_lc_rs::signature::ParsedPublicKey,
+) -> Result<(), VerifyError> {
+    let signature = URL_SAFE_NO_PAD.decode(unverified_signature).map_err(|_| VerifyError::Signature)?;
+    key.verify_sig(signing_input.as_bytes(), &signature).map_err(|_| VerifyError::Signature)
 }
 
 fn allowed_algorithm(unverified_alg: &str, allowed: &[Algorithm]) -> Result<Algorithm, VerifyError> {
@@ -518,21 +597,27 @@ fn allowed_algorithm(unverified_alg: &str, allowed: &[Algorithm]) -> Result<Algo
 }
 
 /// Picks the verification key: by `kid`, else the single usable key.
-fn select_key<'k>(keys: &'k JwkSet, unverified_kid: Option<&str>, alg: Algorithm) -> Result<&'k Jwk, VerifyError> {
+/// Returns the key's index in the set with the key.
+fn select_key<'k>(
+    keys: &'k JwkSet,
+    unverified_kid: Option<&str>,
+    alg: Algorithm,
+) -> Result<(usize, &'k Jwk), VerifyError> {
     let Some(kid) = unverified_kid else {
-        let mut usable = keys.keys.iter().filter(|jwk| key_fits(jwk, alg).is_ok());
+        let mut usable = keys.keys.iter().enumerate().filter(|(_, jwk)| key_fits(jwk, alg).is_ok());
         return match (usable.next(), usable.next()) {
-            (Some(jwk), None) => Ok(jwk),
+            (Some(found), None) => Ok(found),
             _ => Err(VerifyError::MissingKeyId),
         };
     };
-    let named: Vec<&Jwk> = keys.keys.iter().filter(|jwk| jwk.common.key_id.as_deref() == Some(kid)).collect();
-    let Some(first) = named.first() else {
+    let named: Vec<(usize, &Jwk)> =
+        keys.keys.iter().enumerate().filter(|(_, jwk)| jwk.common.key_id.as_deref() == Some(kid)).collect();
+    let Some(&(_, first)) = named.first() else {
         return Err(VerifyError::UnknownKey);
     };
-    let mut usable = named.iter().filter(|jwk| key_fits(jwk, alg).is_ok());
+    let mut usable = named.iter().filter(|(_, jwk)| key_fits(jwk, alg).is_ok());
     match (usable.next(), usable.next()) {
-        (Some(jwk), None) => Ok(jwk),
+        (Some(&found), None) => Ok(found),
         (Some(_), Some(_)) => Err(VerifyError::AmbiguousKey),
         (None, _) => Err(key_fits(first, alg).err().unwrap_or(VerifyError::UnknownKey)),
     }
@@ -866,6 +951,37 @@ mod tests {
         let (input, _) = genuine.rsplit_once('.').expect("three parts");
         assert_eq!(refused(&format!("{input}.")), VerifyError::Signature);
         assert_eq!(refused(&format!("{input}.!!!")), VerifyError::Signature);
+    }
+
+    /// The server verifies RS256 with each key parsed once; that path and
+    /// jsonwebtoken's (the fallback for any other algorithm) agree on what
+    /// verifies.
+    #[test]
+    fn prepared_rsa_keys_verify_exactly_like_jsonwebtoken() {
+        let prepared = KeySet::new(keys());
+        assert!(prepared.rs256.iter().all(Option::is_some), "the RSA key is prepared");
+        let genuine = KEY.sign(&claims().build());
+        let (input, _) = genuine.rsplit_once('.').expect("three parts");
+        let tokens = [
+            genuine.clone(),
+            hostile::tamper_signature(&genuine),
+            FORGER.sign(&claims().build()),
+            hostile::swap_claims(&genuine, &claims().environment("production").build()),
+            format!("{input}."),
+            format!("{input}.!!!"),
+            format!("{input}.{}", &genuine[input.len() + 1..genuine.len() - 2]),
+        ];
+        let jwk = &keys().keys[0];
+        let plain = DecodingKey::from_jwk(jwk).expect("key");
+        for token in tokens {
+            let (signing_input, signature) = token.rsplit_once('.').expect("three parts");
+            let parsed = prepared.rs256[0].as_ref().expect("prepared");
+            let fast = verify_parsed(signing_input, signature, parsed).is_ok();
+            let slow = verify_signature(signing_input, signature, &plain, Algorithm::RS256).is_ok();
+            assert_eq!(fast, slow, "{token}");
+            let through = verify_oidc_with(&token, &github(), &prepared, &VerifyConfig::new(AUD), NOW);
+            assert_eq!(through.is_ok(), slow, "{through:?}");
+        }
     }
 
     #[test]

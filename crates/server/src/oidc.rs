@@ -30,7 +30,7 @@ use jsonwebtoken::AlgorithmFamily;
 use jsonwebtoken::jwk::JwkSet;
 use tokio::task::JoinHandle;
 use writ_core::claims::VerifiedClaims;
-use writ_core::jwt::{IssuerSpec, VerifyConfig, VerifyError, peek_unverified, verify_oidc};
+use writ_core::jwt::{IssuerSpec, KeySet, VerifyConfig, VerifyError, peek_unverified, verify_oidc_with};
 
 /// Default timeout of one discovery or JWKS request, connect to last byte.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,7 +125,7 @@ const NEVER: i64 = i64::MIN;
 struct Issuer {
     spec: IssuerSpec,
     /// The `jwks_file` keys, for pinned issuers.
-    pinned: Option<JwkSet>,
+    pinned: Option<KeySet>,
     /// Held for the duration of a fetch, so concurrent refreshes of one
     /// issuer coalesce into one request.
     fetch_lock: tokio::sync::Mutex<()>,
@@ -143,7 +143,7 @@ struct Issuer {
 
 /// One fetched key set.
 struct Snapshot {
-    keys: JwkSet,
+    keys: KeySet,
     fetched_at: i64,
     generation: u64,
 }
@@ -194,7 +194,7 @@ impl Issuers {
                 KeySource::Pinned(keys) if keys.keys.is_empty() => {
                     bail!("issuer `{}`: the pinned key set is empty", spec.name)
                 }
-                KeySource::Pinned(keys) => Some(keys),
+                KeySource::Pinned(keys) => Some(KeySet::new(keys)),
             };
             issuers.push(Issuer {
                 spec,
@@ -239,13 +239,13 @@ impl Issuers {
         };
         let issuer = &self.inner.issuers[index];
         if let Some(pinned) = &issuer.pinned {
-            return verify_oidc(token, &issuer.spec, pinned, cfg, now);
+            return verify_oidc_with(token, &issuer.spec, pinned, cfg, now);
         }
         let snapshot = self.current_keys(index, now).await?;
-        match verify_oidc(token, &issuer.spec, &snapshot.keys, cfg, now) {
+        match verify_oidc_with(token, &issuer.spec, &snapshot.keys, cfg, now) {
             Err(VerifyError::UnknownKey) => match self.refresh(index, Some(snapshot.generation), now).await {
                 Some(newer) if newer.generation != snapshot.generation => {
-                    verify_oidc(token, &issuer.spec, &newer.keys, cfg, now)
+                    verify_oidc_with(token, &issuer.spec, &newer.keys, cfg, now)
                 }
                 _ => Err(VerifyError::UnknownKey),
             },
@@ -341,12 +341,12 @@ impl Issuers {
         match fetch::fetch_keys(&self.inner.client, &issuer.spec.url, self.inner.limits.max_body_bytes).await {
             Ok(keys) => {
                 let generation = issuer.generation.fetch_add(1, Ordering::AcqRel) + 1;
-                let snapshot = Arc::new(Snapshot { keys, fetched_at: now, generation });
+                let snapshot = Arc::new(Snapshot { keys: KeySet::new(keys), fetched_at: now, generation });
                 self.inner.cache.insert(index, snapshot.clone()).await;
                 if issuer.failing.swap(false, Ordering::AcqRel) {
                     tracing::info!(issuer = %name, "keys of issuer {name} fetched again after failures");
                 }
-                tracing::debug!(issuer = %name, keys = snapshot.keys.keys.len(), "fetched keys of issuer {name}");
+                tracing::debug!(issuer = %name, keys = snapshot.keys.jwks().keys.len(), "fetched keys of issuer {name}");
                 Some(snapshot)
             }
             Err(error) => {
