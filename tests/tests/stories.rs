@@ -446,9 +446,10 @@ async fn story_10_signing_key_rotation_fails_no_request() {
     let config =
         writ_server::config::Config::parse(&rotation_config(port, &issuer), dir.path(), &|_| None).expect("config");
     let max_ttl = config.tokens.max_ttl;
-    let mut state = writ_server::app::AppState::build(config, writ_server::app::Clock::system()).await.expect("state");
+    let state = writ_server::app::AppState::build(config, writ_server::app::Clock::system()).await.expect("state");
     let keyring_config = KeyringConfig { prepublication: PREPUBLICATION, max_token_lifetime: max_ttl };
-    state.keyring = Keyring::load_or_create(state.store.as_ref(), keyring_config, now()).await.expect("keyring");
+    let state = state
+        .with_keyring(Keyring::load_or_create(state.store.as_ref(), keyring_config, now()).await.expect("keyring"));
     let app = writ_server::app::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

@@ -67,9 +67,30 @@ impl Clock {
     }
 }
 
-/// Everything a request handler needs. Cheap to clone.
+/// Everything a request handler needs: one shared [`Services`]. Cloning
+/// (axum does it for every request) copies one pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The same services with another keyring (tests that shorten the key
+    /// rotation windows build their own).
+    pub fn with_keyring(&self, keyring: Keyring) -> AppState {
+        AppState(Arc::new(Services { keyring, ..(*self.0).clone() }))
+    }
+}
+
+/// The services behind [`AppState`].
+#[derive(Clone)]
+pub struct Services {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Trusted issuers and their key caches.
@@ -139,7 +160,16 @@ impl AppState {
         }
         let rate_limits = crate::ratelimit::RateLimits::new(config.limits.rate);
         let catalogue = Arc::new(catalogue);
-        Ok(AppState { config: Arc::new(config), issuers, store, keyring, policies, catalogue, clock, rate_limits })
+        Ok(AppState(Arc::new(Services {
+            config: Arc::new(config),
+            issuers,
+            store,
+            keyring,
+            policies,
+            catalogue,
+            clock,
+            rate_limits,
+        })))
     }
 
     /// Starts the background tasks: policy directory watch, replay-record
@@ -193,9 +223,7 @@ pub fn router(state: AppState) -> Router {
     api::routes()
         .fallback(routes::not_found)
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(rate_limits, limit_clients))
-        .layer(axum::middleware::from_fn(limit_headers))
-        .layer(axum::middleware::from_fn(finish_errors))
+        .layer(axum::middleware::from_fn_with_state(rate_limits, edge))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(TimeoutLayer::with_status_code(http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
@@ -207,35 +235,38 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-/// Refuses a client address over its request rate with 429 and
-/// `Retry-After`, before any other work. Requests without a peer address
-/// (in-process tests) are not limited.
-async fn limit_clients(
+/// The checks every request passes before routing, and the one error
+/// shape of every answer, in one middleware (one boxed future per request
+/// instead of one per check):
+///
+/// 1. headers that add up to more than [`MAX_HEADER_BYTES`]: 431;
+/// 2. a client address over its request rate: 429 with `Retry-After`
+///    (requests without a peer address, in-process tests, are not limited);
+/// 3. every error response, from a handler, a layer or axum itself, is
+///    rendered as the JSON error shape with the request id
+///    ([`finish_errors`]).
+async fn edge(
     axum::extract::State(limits): axum::extract::State<crate::ratelimit::RateLimits>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    let request_id = request.headers().get(REQUEST_ID_HEADER).cloned();
+    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    if let Some(ip) = peer
+    let response = if size > MAX_HEADER_BYTES {
+        axum::response::IntoResponse::into_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+    } else if let Some(ip) = peer
         && let Err(wait) = limits.check_client(ip)
     {
         let secs = crate::ratelimit::retry_after_secs(wait);
-        return axum::response::IntoResponse::into_response(crate::error::ApiError::too_many_requests(
+        axum::response::IntoResponse::into_response(crate::error::ApiError::too_many_requests(
             format!("too many requests from {ip}; retry after {secs} s"),
             secs,
-        ));
-    }
-    next.run(request).await
-}
-
-/// Refuses requests whose headers add up to more than [`MAX_HEADER_BYTES`]
-/// with 431, in the one error shape (`finish_errors` renders it).
-async fn limit_headers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
-    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if size > MAX_HEADER_BYTES {
-        return axum::response::IntoResponse::into_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    }
-    next.run(request).await
+        ))
+    } else {
+        next.run(request).await
+    };
+    finish_errors(response, request_id.as_ref())
 }
 
 /// Binds the configured address and serves until Ctrl-C / SIGTERM.

@@ -7,9 +7,7 @@
 //! limit, unknown route, method not allowed) into the same shape, so no
 //! plain-text error ever escapes.
 
-use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -203,12 +201,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Middleware: renders every error response as the one JSON shape with the
-/// request id, including errors raised by layers and by axum itself.
-pub async fn finish_errors(request: Request, next: Next) -> Response {
-    let request_id =
-        request.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let response = next.run(request).await;
+/// Renders an error response as the one JSON shape with the request id,
+/// including errors raised by layers and by axum itself; other responses
+/// pass unchanged. Run on every response by the router's edge middleware.
+pub fn finish_errors(response: Response, request_id: Option<&HeaderValue>) -> Response {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
@@ -222,7 +218,7 @@ pub async fn finish_errors(request: Request, next: Next) -> Response {
         None => foreign_error(status),
     };
     drop(body);
-    error.request_id = request_id;
+    error.request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let json = serde_json::to_vec(&error).unwrap_or_else(|_| b"{\"error\":\"server_error\"}".to_vec());
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);

@@ -85,13 +85,17 @@ pub struct ExchangeOutput {
 /// Runs one exchange.
 pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInfo) -> Result<ExchangeOutput, ApiError> {
     validate_names(&input)?;
+    // The one unverified look at the token: whose it claims to be.
+    let peeked = writ_core::jwt::peek_unverified(&input.subject_token, state.config.limits.max_token_bytes)
+        .map(|t| t.unverified_iss);
     // A writ token as the subject token: narrowing, never a new grant.
-    if crate::narrow::is_writ_token(state, &input.subject_token) {
+    if peeked.as_ref().is_ok_and(|iss| *iss == state.config.public_url) {
         return crate::narrow::narrow(state, input, caller).await;
     }
     validate_input(&input)?;
     let now = state.clock.now();
-    let claims = verify(state, &input.subject_token, now).await?;
+    let unverified_iss = peeked.map_err(|e| verify_error(&e))?;
+    let claims = verify(state, &input.subject_token, &unverified_iss, now).await?;
     // After the signature verified: a forged token cannot spend another
     // repository's budget. Not audited: a runaway loop would flood the log.
     let source = client_id(&claims);
@@ -269,14 +273,14 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
 /// Verifies the subject token. Before the signature has verified, the
 /// caller learns only "invalid token" and the reason class: nothing that
 /// would help probe issuers or keys.
-async fn verify(state: &AppState, token: &str, now: i64) -> Result<VerifiedClaims, ApiError> {
+async fn verify(state: &AppState, token: &str, unverified_iss: &str, now: i64) -> Result<VerifiedClaims, ApiError> {
     let cfg = VerifyConfig {
         audience: state.config.audience.clone(),
         leeway_secs: LEEWAY_SECS,
         max_age_secs: max_token_age_secs(state),
         max_token_bytes: state.config.limits.max_token_bytes,
     };
-    let claims = state.issuers.verify(token, &cfg, now).await.map_err(|e| verify_error(&e))?;
+    let claims = state.issuers.verify_peeked(token, unverified_iss, &cfg, now).await.map_err(|e| verify_error(&e))?;
     // The issuer is known only once verification picked it: the shared
     // check above used the loosest bound of all issuers, this one applies
     // the issuer's own `max_token_age`.

@@ -234,7 +234,20 @@ impl Issuers {
     /// fetched successfully (a temporary condition, answered 503).
     pub async fn verify(&self, token: &str, cfg: &VerifyConfig, now: i64) -> Result<VerifiedClaims, VerifyError> {
         let unverified = peek_unverified(token, cfg.max_token_bytes)?;
-        let Some(&index) = self.inner.by_url.get(&unverified.unverified_iss) else {
+        self.verify_peeked(token, &unverified.unverified_iss, cfg, now).await
+    }
+
+    /// [`verify`](Self::verify) for a caller that already peeked at the
+    /// token: `unverified_iss` is the `iss` that [`peek_unverified`] read
+    /// from `token` (it only picks the issuer; verification checks it).
+    pub async fn verify_peeked(
+        &self,
+        token: &str,
+        unverified_iss: &str,
+        cfg: &VerifyConfig,
+        now: i64,
+    ) -> Result<VerifiedClaims, VerifyError> {
+        let Some(&index) = self.inner.by_url.get(unverified_iss) else {
             return Err(VerifyError::UnknownIssuer);
         };
         let issuer = &self.inner.issuers[index];

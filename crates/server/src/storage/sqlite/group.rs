@@ -114,11 +114,14 @@ impl BatchWriter for SqliteBatchWriter {
             // checkpoints left and starts the WAL over (see `checkpoint`).
             // A failure leaves the WAL longer, nothing else; the next
             // request tries again.
+            let started = std::time::Instant::now();
             let restarted: Result<(i64, i64, i64), _> =
                 self.conn
                     .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
             match restarted {
-                Ok((0, _, _)) => {}
+                Ok((0, frames, _)) => {
+                    tracing::debug!(frames, micros = started.elapsed().as_micros() as u64, "WAL restarted")
+                }
                 Ok((_, frames, copied)) => {
                     tracing::debug!(frames, copied, "WAL restart waited too long for readers; will try again")
                 }
