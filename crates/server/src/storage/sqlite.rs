@@ -1,17 +1,20 @@
 //! The embedded SQLite backend of [`Storage`]: one file, WAL journal,
 //! `synchronous = FULL`.
 //!
-//! Connections are split in two pools: one writer connection, through which
-//! every write transaction queues in order (SQLite allows one writer at a
-//! time anyway, and queueing in the pool is fair and cheap where SQLite's
-//! busy handler would sleep and retry), and a few reader connections, which
-//! WAL lets run alongside the writer.
+//! Three kinds of connection share the file:
+//!
+//! - the exchange path's writer ([`group`]): one plain `rusqlite`
+//!   connection on the group-commit thread, which writes the replay
+//!   records, audit records and issued tokens of concurrent exchanges in
+//!   one transaction per batch;
+//! - one sqlx writer connection for every other write (policies, orgs,
+//!   revocations, keys, purges, migrations), queueing in its pool;
+//! - a few sqlx reader connections, which WAL lets run alongside writers.
 //!
 //! Durability: `synchronous = FULL` syncs the WAL on every commit, so a
 //! committed audit record survives a power loss, which `NORMAL` in WAL mode
-//! does not promise. The exchange path's writes are group-committed
-//! ([`super::batch`], [`group`]): concurrent exchanges share one transaction
-//! and one fsync, and each caller is answered only after that commit.
+//! does not promise. Each exchange's caller is answered only after the
+//! commit that holds its write ([`super::batch`]).
 
 mod checkpoint;
 mod group;
