@@ -65,6 +65,16 @@ pub trait BatchWriter: Send + 'static {
     /// failed on its own — replay, pin conflict — left no trace in it), or
     /// the error that stopped the whole batch (nothing of it committed).
     fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError>;
+
+    /// Deletes at most one chunk of the replay records that expired before
+    /// `now` and returns how many it deleted; fewer than
+    /// [`purge_chunk_size`](Self::purge_chunk_size) means none are left.
+    /// The writer calls it between batches until it is done, so exchanges
+    /// wait for one chunk at most.
+    fn purge_chunk(&mut self, now: i64) -> Result<u64, StorageError>;
+
+    /// Records per [`purge_chunk`](Self::purge_chunk).
+    fn purge_chunk_size(&self) -> u64;
 }
 
 /// The handle callers write through. Cloning shares the writer.
@@ -77,6 +87,11 @@ enum Job {
     Write {
         write: Write,
         reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    /// Delete the replay records that expired before `now`.
+    Purge {
+        now: i64,
+        reply: oneshot::Sender<Result<u64, StorageError>>,
     },
     /// Stop after the writes queued before it; answered once the writer
     /// (and its connection) is gone.
@@ -111,6 +126,14 @@ impl GroupCommit {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Deletes the replay records that expired before `now`, a chunk at a
+    /// time between batches, and returns how many.
+    pub async fn purge(&self, now: i64) -> Result<u64, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Job::Purge { now, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     /// Stops the writer after what is queued and waits until it has
     /// closed its connection. Later writes fail as unavailable.
     pub async fn close(&self) {
@@ -126,26 +149,51 @@ fn stopped() -> StorageError {
     StorageError::Unavailable("the storage writer has stopped".into())
 }
 
+/// A purge under way: the latest `now` asked for, what it deleted so far,
+/// and who waits for it.
+struct Purging {
+    now: i64,
+    deleted: u64,
+    replies: Vec<oneshot::Sender<Result<u64, StorageError>>>,
+}
+
 fn run<W: BatchWriter>(mut writer: W, mut jobs: mpsc::Receiver<Job>) {
     let mut writes: Vec<Write> = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
+    let mut purge: Option<Purging> = None;
     let mut last_commit = std::time::Instant::now() - MIN_COMMIT_INTERVAL;
     while closing.is_none() {
-        // Block for the first job, let the queue fill for what is left of
-        // the commit interval, then take whatever is queued.
-        let Some(first) = jobs.blocking_recv() else { return };
-        let fill = MIN_COMMIT_INTERVAL.saturating_sub(last_commit.elapsed());
-        if !fill.is_zero() {
-            std::thread::sleep(fill);
+        // Block for the first job (unless a purge is under way), let the
+        // queue fill for what is left of the commit interval, then take
+        // whatever is queued.
+        let first = if purge.is_some() {
+            jobs.try_recv().ok()
+        } else {
+            let Some(first) = jobs.blocking_recv() else { return };
+            Some(first)
+        };
+        if first.is_some() {
+            let fill = MIN_COMMIT_INTERVAL.saturating_sub(last_commit.elapsed());
+            if !fill.is_zero() {
+                std::thread::sleep(fill);
+            }
         }
-        let mut next = Some(first);
+        let mut next = first;
         while let Some(job) = next.take() {
             match job {
                 Job::Write { write, reply } => {
                     writes.push(write);
                     replies.push(reply);
                 }
+                Job::Purge { now, reply } => match &mut purge {
+                    // One purge at a time; a later `now` covers an earlier.
+                    Some(running) => {
+                        running.now = running.now.max(now);
+                        running.replies.push(reply);
+                    }
+                    None => purge = Some(Purging { now, deleted: 0, replies: vec![reply] }),
+                },
                 Job::Close(done) => {
                     closing = Some(done);
                     break;
@@ -153,6 +201,27 @@ fn run<W: BatchWriter>(mut writer: W, mut jobs: mpsc::Receiver<Job>) {
             }
             if writes.len() < MAX_BATCH {
                 next = jobs.try_recv().ok();
+            }
+        }
+        if let Some(running) = &mut purge {
+            match writer.purge_chunk(running.now) {
+                Ok(deleted) => {
+                    running.deleted += deleted;
+                    if deleted < writer.purge_chunk_size()
+                        && let Some(done) = purge.take()
+                    {
+                        for reply in done.replies {
+                            let _ = reply.send(Ok(done.deleted));
+                        }
+                    }
+                }
+                Err(e) => {
+                    if let Some(failed) = purge.take() {
+                        for reply in failed.replies {
+                            let _ = reply.send(Err(copy_error(&e)));
+                        }
+                    }
+                }
             }
         }
         if writes.is_empty() {
@@ -222,6 +291,14 @@ mod tests {
     }
 
     impl BatchWriter for Fake {
+        fn purge_chunk(&mut self, _now: i64) -> Result<u64, StorageError> {
+            Ok(0)
+        }
+
+        fn purge_chunk_size(&self) -> u64 {
+            1
+        }
+
         fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError> {
             assert_eq!(self.in_flight.fetch_add(1, Ordering::SeqCst), 0, "one batch at a time");
             std::thread::yield_now();

@@ -52,7 +52,7 @@ pub const WAL_RESTART_FRAMES: i64 = 16_384;
 pub(super) struct RestartWanted(Arc<AtomicBool>);
 
 impl RestartWanted {
-    fn ask(&self) {
+    pub(super) fn ask(&self) {
         self.0.store(true, Ordering::Release);
     }
 

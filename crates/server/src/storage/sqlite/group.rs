@@ -8,12 +8,11 @@
 //! Each batch is one `BEGIN IMMEDIATE … COMMIT`, written with single-row
 //! prepared statements from the connection's statement cache:
 //!
-//! - an exchange first inserts its subject token's replay record. If that
-//!   `jti` was used (by an earlier batch, or earlier in this one), the
-//!   single-row statement fails on its primary key and SQLite backs out
-//!   exactly that statement: the exchange is a replay and has written
-//!   nothing. Otherwise its audit record and issued token follow, and a
-//!   failure of those fails the whole batch;
+//! - an exchange first checks its subject token's `(issuer, jti)` against
+//!   the replay index ([`ReplayIndex`]): if it was used (by an earlier
+//!   batch, or earlier in this one), the exchange is a replay and writes
+//!   nothing. Otherwise it inserts the replay record, its audit record and
+//!   its issued token, and a failure of those fails the whole batch;
 //! - an exchange that records pins on first use (rare) runs under its own
 //!   savepoint, so a pin conflict undoes only that exchange;
 //! - a denial is one audit insert.
@@ -23,13 +22,16 @@
 //! Each exchange is all or nothing, the batch commits once, and every
 //! caller is answered after that commit (see `batch`).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
 
 use super::checkpoint::RestartWanted;
-use super::{AUDIT_COLUMNS, to_json};
+use super::{AUDIT_COLUMNS, PURGE_CHUNK, to_json};
 use crate::storage::batch::{BatchWriter, Write};
 use crate::storage::{AuditRecord, ExchangeRecord, Pin, StorageError};
 
@@ -37,6 +39,105 @@ use crate::storage::{AuditRecord, ExchangeRecord, Pin, StorageError};
 pub(super) struct SqliteBatchWriter {
     conn: Connection,
     restart: RestartWanted,
+    /// The database file, for the exchange lock's name.
+    path: PathBuf,
+    /// Loaded with the first exchange (commands such as `writ keys rotate`
+    /// open the store too, record no exchange, and must not need it).
+    replay: Option<ReplayIndex>,
+}
+
+/// Which `(issuer, jti)` pairs have been exchanged and are not yet purged.
+///
+/// The `used_jtis` table is ordered by expiry (schema v4), so that its
+/// inserts append instead of dirtying a random page per exchange; it can no
+/// longer refuse a second `(issuer, jti)` by itself. This writer is the one
+/// writer of that table, so it checks each exchange against this index,
+/// which it loads from the table before its first exchange and keeps in
+/// step with every commit and purge. The table is what survives a restart.
+///
+/// Only one process may hold such an index for a file: a lock file next to
+/// the database (`<db>-exchanges.lock`) is held for as long as the index
+/// lives, and a second `writ serve` on the same file refuses exchanges
+/// (503) instead of checking replays against an index that misses the
+/// other's. Several replicas need PostgreSQL.
+struct ReplayIndex {
+    /// Fingerprint of `(issuer, jti)` → the record's `expires_at`.
+    seen: HashMap<[u8; 16], i64>,
+    /// Held while the index lives.
+    _lock: std::fs::File,
+}
+
+/// How long [`ReplayIndex::load`] waits for another holder of the
+/// exchange lock to let go.
+const LOCK_HANDOVER: Duration = Duration::from_secs(2);
+
+/// The first 128 bits of SHA-256 over `issuer`, a zero byte and `jti`:
+/// 24 bytes an entry instead of the two strings, and two different pairs
+/// share a fingerprint with negligible probability (a collision would
+/// refuse one genuine token as a replay, never accept a replay).
+fn fingerprint(issuer: &str, jti: &str) -> [u8; 16] {
+    let digest =
+        Sha256::new().chain_update(issuer.as_bytes()).chain_update([0]).chain_update(jti.as_bytes()).finalize();
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+impl ReplayIndex {
+    /// Takes the exchange lock of the database at `path` and loads every
+    /// replay record.
+    fn load(conn: &Connection, path: &Path) -> Result<ReplayIndex, StorageError> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push("-exchanges.lock");
+        let lock_path = PathBuf::from(lock_path);
+        let mut open = std::fs::OpenOptions::new();
+        open.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            open.mode(0o600);
+        }
+        let lock = open.open(&lock_path).map_err(|e| {
+            StorageError::Unavailable(format!("opening the exchange lock {}: {e}", lock_path.display()).into())
+        })?;
+        // A store being closed (a restart, a test reopening the file) lets
+        // go of the lock as its writer thread ends: wait for that briefly.
+        let deadline = std::time::Instant::now() + LOCK_HANDOVER;
+        let mut locked = lock.try_lock();
+        while matches!(locked, Err(std::fs::TryLockError::WouldBlock)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            locked = lock.try_lock();
+        }
+        match locked {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::Unavailable(
+                    format!(
+                        "another writ server records exchanges in {} (it holds {}); run one server per SQLite file, \
+                         or use PostgreSQL for several replicas",
+                        path.display(),
+                        lock_path.display()
+                    )
+                    .into(),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StorageError::Unavailable(format!("locking {}: {e}", lock_path.display()).into()));
+            }
+        }
+        let mut seen = HashMap::new();
+        let mut select = conn.prepare("SELECT issuer, jti, expires_at FROM used_jtis").map_err(map_err)?;
+        let mut rows = select.query([]).map_err(map_err)?;
+        while let Some(row) = rows.next().map_err(map_err)? {
+            let issuer: String = row.get(0).map_err(map_err)?;
+            let jti: String = row.get(1).map_err(map_err)?;
+            let expires_at: i64 = row.get(2).map_err(map_err)?;
+            let entry = seen.entry(fingerprint(&issuer, &jti)).or_insert(expires_at);
+            *entry = (*entry).max(expires_at);
+        }
+        tracing::debug!(records = seen.len(), "loaded the replay index");
+        Ok(ReplayIndex { seen, _lock: lock })
+    }
 }
 
 impl std::fmt::Debug for SqliteBatchWriter {
@@ -73,7 +174,7 @@ impl SqliteBatchWriter {
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;")
             .map_err(map_err)?;
         conn.set_prepared_statement_cache_capacity(16);
-        Ok(SqliteBatchWriter { conn, restart })
+        Ok(SqliteBatchWriter { conn, restart, path: path.to_owned(), replay: None })
     }
 
     /// This connection's `PRAGMA synchronous` (2 is FULL), for tests.
@@ -96,40 +197,150 @@ fn wait_for_lock(tries: i32) -> bool {
 
 impl BatchWriter for SqliteBatchWriter {
     fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<Result<(), StorageError>>, StorageError> {
-        // Any early return drops `tx`, which rolls the whole batch back;
-        // the callers all get that error and none of them a token.
-        let tx = Transaction::new(&mut self.conn, TransactionBehavior::Immediate).map_err(map_err)?;
-        let mut results = Vec::with_capacity(writes.len());
-        for write in writes {
-            let result = match write {
-                Write::Exchange(rec) if rec.new_pins.is_empty() => write_exchange(&tx, rec)?,
-                Write::Exchange(rec) => write_with_pins(&tx, rec)?,
-                Write::Denial(audit) => insert_audit(&tx, audit).map(Ok)?,
-            };
-            results.push(result);
+        if self.replay.is_none() && writes.iter().any(|w| matches!(w, Write::Exchange(_))) {
+            self.replay = Some(ReplayIndex::load(&self.conn, &self.path)?);
         }
-        tx.commit().map_err(map_err)?;
-        if self.restart.take() {
-            // Between batches, holding no lock: copies what the background
-            // checkpoints left and starts the WAL over (see `checkpoint`).
-            // A failure leaves the WAL longer, nothing else; the next
-            // request tries again.
-            let started = std::time::Instant::now();
-            let restarted: Result<(i64, i64, i64), _> =
-                self.conn
-                    .query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
-            match restarted {
-                Ok((0, frames, _)) => {
-                    tracing::debug!(frames, micros = started.elapsed().as_micros() as u64, "WAL restarted")
-                }
-                Ok((_, frames, copied)) => {
-                    tracing::debug!(frames, copied, "WAL restart waited too long for readers; will try again")
-                }
-                Err(e) => tracing::warn!("restarting the SQLite WAL failed: {e}"),
+        let mut added = Vec::new();
+        let written = write_all(&mut self.conn, self.replay.as_mut(), writes, &mut added);
+        if written.is_err()
+            && let Some(index) = self.replay.as_mut()
+        {
+            // Nothing of the batch committed: neither did its records.
+            for key in &added {
+                index.seen.remove(key);
             }
+        }
+        let results = written?;
+        if self.restart.take() {
+            self.restart_wal();
         }
         Ok(results)
     }
+
+    /// The oldest records first (the table is ordered by expiry, so this
+    /// reads and deletes from its front), each chunk its own short
+    /// transaction, and the same records out of the index. Strictly before
+    /// `now`: `expires_at` already is exp + leeway, and a token whose
+    /// record is purged no longer verifies.
+    fn purge_chunk(&mut self, now: i64) -> Result<u64, StorageError> {
+        let mut purged = Vec::new();
+        {
+            let mut delete = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM used_jtis WHERE (expires_at, issuer, jti) IN \
+                     (SELECT expires_at, issuer, jti FROM used_jtis WHERE expires_at < ?1 \
+                      ORDER BY expires_at LIMIT ?2) \
+                     RETURNING issuer, jti",
+                )
+                .map_err(map_err)?;
+            let mut rows = delete.query(params![now, PURGE_CHUNK]).map_err(map_err)?;
+            while let Some(row) = rows.next().map_err(map_err)? {
+                let issuer: String = row.get(0).map_err(map_err)?;
+                let jti: String = row.get(1).map_err(map_err)?;
+                purged.push(fingerprint(&issuer, &jti));
+            }
+        }
+        if let Some(index) = self.replay.as_mut() {
+            for key in &purged {
+                index.seen.remove(key);
+            }
+        }
+        Ok(purged.len() as u64)
+    }
+
+    fn purge_chunk_size(&self) -> u64 {
+        PURGE_CHUNK as u64
+    }
+}
+
+/// Writes a batch in one transaction; `added` collects the fingerprints
+/// entered into the index, for the caller to take back if the batch fails.
+fn write_all(
+    conn: &mut Connection,
+    mut replay: Option<&mut ReplayIndex>,
+    writes: &[Write],
+    added: &mut Vec<[u8; 16]>,
+) -> Result<Vec<Result<(), StorageError>>, StorageError> {
+    // Any early return drops `tx`, which rolls the whole batch back; the
+    // callers all get that error and none of them a token.
+    let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(map_err)?;
+    let mut results = Vec::with_capacity(writes.len());
+    for write in writes {
+        let result = match write {
+            Write::Exchange(rec) => {
+                let key = fingerprint(&rec.used_jti.issuer, &rec.used_jti.jti);
+                let index = replay.as_deref_mut().ok_or_else(|| StorageError::other("replay index not loaded"))?;
+                if index.seen.contains_key(&key) {
+                    results.push(Err(StorageError::Replay));
+                    continue;
+                }
+                let result =
+                    if rec.new_pins.is_empty() { write_exchange(&tx, rec)? } else { write_with_pins(&tx, rec)? };
+                if result.is_ok() {
+                    index.seen.insert(key, rec.used_jti.expires_at);
+                    added.push(key);
+                }
+                result
+            }
+            Write::Denial(audit) => insert_audit(&tx, audit).map(Ok)?,
+        };
+        results.push(result);
+    }
+    tx.commit().map_err(map_err)?;
+    Ok(results)
+}
+
+impl SqliteBatchWriter {
+    /// Between batches, holding no lock: copies what the background
+    /// checkpoints left and starts the WAL over (see `checkpoint`).
+    ///
+    /// It waits for the checkpoint lock and for readers only briefly
+    /// ([`RESTART_PATIENCE`]): a background checkpoint that is still
+    /// copying and syncing could hold it for a long time, and every
+    /// exchange queued behind this writer would wait with it. When it
+    /// cannot run now it asks again, and the next batch retries. A failure
+    /// leaves the WAL longer, nothing else.
+    fn restart_wal(&mut self) {
+        let started = std::time::Instant::now();
+        let brief = self.conn.busy_handler(Some(wait_briefly));
+        let restarted: Result<(i64, i64, i64), _> = brief.and_then(|()| {
+            self.conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        });
+        if let Err(e) = self.conn.busy_handler(Some(wait_for_lock)) {
+            tracing::warn!("restoring the SQLite busy handler failed: {e}");
+        }
+        match restarted {
+            Ok((0, frames, _)) => {
+                tracing::debug!(frames, micros = started.elapsed().as_micros() as u64, "WAL restarted")
+            }
+            Ok((_, frames, copied)) => {
+                tracing::debug!(frames, copied, "WAL restart deferred: a checkpoint or reader is busy");
+                self.restart.ask();
+            }
+            Err(e) if is_busy(&e) => {
+                tracing::debug!("WAL restart deferred: {e}");
+                self.restart.ask();
+            }
+            Err(e) => tracing::warn!("restarting the SQLite WAL failed: {e}"),
+        }
+    }
+}
+
+/// How long a WAL restart waits for the checkpoint lock and for readers.
+const RESTART_PATIENCE: Duration = Duration::from_millis(2);
+
+/// The busy handler during a WAL restart: [`RESTART_PATIENCE`] at most.
+fn wait_briefly(tries: i32) -> bool {
+    if u128::try_from(tries).unwrap_or(u128::MAX) * BUSY_RETRY.as_micros() >= RESTART_PATIENCE.as_micros() {
+        return false;
+    }
+    std::thread::sleep(BUSY_RETRY);
+    true
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 /// Writes one exchange without pins. The outer `Result` fails the batch;
@@ -306,6 +517,73 @@ mod tests {
         let journal: String = writer.conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).expect("pragma");
         assert_eq!(journal, "wal");
         store.close().await;
+    }
+
+    use crate::storage::suite;
+    use crate::storage::{Storage, StorageError};
+
+    async fn store_at(path: &Path) -> super::super::SqliteStore {
+        super::super::SqliteStore::open(path.to_str().expect("utf-8"), &Default::default()).await.expect("open")
+    }
+
+    /// Each (issuer, jti) is exchanged once, whatever `exp` it comes with,
+    /// although the table's key now starts with the expiry.
+    #[tokio::test]
+    async fn a_jti_is_accepted_once_even_with_another_exp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_at(&dir.path().join("writ.db")).await;
+        store.record_exchange(suite::exchange("subject-1", "token-1", 1_000)).await.expect("first use");
+        let mut again = suite::exchange("subject-1", "token-2", 2_000);
+        again.new_pins.clear();
+        assert!(matches!(store.record_exchange(again).await, Err(StorageError::Replay)));
+        store.close().await;
+    }
+
+    /// The index is rebuilt from the table: a restart forgets no replay.
+    #[tokio::test]
+    async fn replays_are_refused_after_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let store = store_at(&path).await;
+        store.record_exchange(suite::exchange("subject-1", "token-1", 1_000)).await.expect("first use");
+        store.close().await;
+        drop(store);
+        let reopened = store_at(&path).await;
+        let mut replay = suite::exchange("subject-1", "token-2", 1_500);
+        replay.new_pins.clear();
+        assert!(matches!(reopened.record_exchange(replay).await, Err(StorageError::Replay)));
+        reopened.record_exchange(suite::exchange("subject-2", "token-3", 1_000)).await.expect("a new jti");
+        reopened.close().await;
+    }
+
+    /// A second server on the same file could not see the first one's
+    /// replay index: it refuses exchanges (503) but can do everything else
+    /// (`writ keys rotate` opens the store while a server runs).
+    #[tokio::test]
+    async fn only_one_store_records_exchanges_in_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let first = store_at(&path).await;
+        first.record_exchange(suite::exchange("subject-1", "token-1", 1_000)).await.expect("first server");
+        let second = store_at(&path).await;
+        let refused = second.record_exchange(suite::exchange("subject-2", "token-2", 1_000)).await;
+        match refused {
+            Err(StorageError::Unavailable(e)) => {
+                assert!(e.to_string().contains("another writ server records exchanges"), "{e}")
+            }
+            other => panic!("expected 503, got {other:?}"),
+        }
+        second.ping().await.expect("reads work");
+        assert!(second.signing_keys().await.expect("keys").is_empty());
+        first.record_exchange(suite::exchange("subject-3", "token-3", 1_000)).await.expect("the first goes on");
+        first.close().await;
+        second.close().await;
+    }
+
+    #[test]
+    fn fingerprints_separate_issuer_and_jti() {
+        assert_ne!(fingerprint("https://a", "bc"), fingerprint("https://ab", "c"));
+        assert_eq!(fingerprint("https://a", "bc"), fingerprint("https://a", "bc"));
     }
 
     #[test]
