@@ -580,6 +580,41 @@ mod tests {
         second.close().await;
     }
 
+    /// Purging takes records out of the index as well as the table, so the
+    /// index stays as small as the live records.
+    #[tokio::test]
+    async fn purging_empties_the_index_with_the_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let store = store_at(&path).await;
+        store.close().await;
+        let mut writer =
+            SqliteBatchWriter::open(&path, Duration::from_secs(1), RestartWanted::default()).expect("writer");
+        let writes: Vec<Write> = (0..(PURGE_CHUNK + 10))
+            .map(|i| {
+                let mut rec = suite::exchange(&format!("s-{i}"), &format!("t-{i}"), 1_000 + i % 3);
+                rec.new_pins.clear();
+                Write::Exchange(Box::new(rec))
+            })
+            .collect();
+        let results = writer.write_batch(&writes).expect("batch");
+        assert!(results.iter().all(Result::is_ok));
+        let live = |w: &SqliteBatchWriter| w.replay.as_ref().map_or(0, |r| r.seen.len());
+        assert_eq!(live(&writer), writes.len());
+        let mut purged = 0;
+        loop {
+            let n = writer.purge_chunk(1_000_000).expect("purge");
+            purged += n;
+            if n < writer.purge_chunk_size() {
+                break;
+            }
+        }
+        assert_eq!(purged as usize, writes.len());
+        assert_eq!(live(&writer), 0, "the index forgot every purged record");
+        let again = suite::exchange("s-1", "t-again", 5_000);
+        assert!(writer.write_batch(&[Write::Exchange(Box::new(again))]).expect("batch")[0].is_ok());
+    }
+
     #[test]
     fn fingerprints_separate_issuer_and_jti() {
         assert_ne!(fingerprint("https://a", "bc"), fingerprint("https://ab", "c"));
