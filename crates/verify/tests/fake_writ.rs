@@ -62,8 +62,11 @@ async fn discovery_fails_when_writ_is_unreachable() {
 async fn a_new_kid_is_fetched_once_and_the_cooldown_is_respected() {
     let old = new_key("k1");
     let writ = FakeWrit::start(&[&old]).await;
-    let t0 = now();
     let verifier = discover(&writ, config()).await;
+    // After discovery: its fetch is the cooldown's start, and a `t0` taken
+    // before it could fall a second earlier, which would put `t0 + 60`
+    // inside the cooldown.
+    let t0 = now();
     assert_eq!(writ.jwks_hits(), 1);
     assert!(verifier.verify_at(&sign(&claims(&writ.url, "a", t0), &old), t0).await.is_ok());
 
@@ -97,8 +100,11 @@ async fn a_new_kid_is_fetched_once_and_the_cooldown_is_respected() {
 async fn concurrent_requests_with_a_new_kid_share_one_fetch() {
     let old = new_key("k1");
     let writ = FakeWrit::start(&[&old]).await;
-    let t0 = now();
     let verifier = discover(&writ, config()).await;
+    // After discovery: its fetch is the cooldown's start, and a `t0` taken
+    // before it could fall a second earlier, which would put `t0 + 60`
+    // inside the cooldown.
+    let t0 = now();
     let new = new_key("k2");
     writ.publish(&new);
     let token = sign(&claims(&writ.url, "a", t0), &new);
@@ -117,8 +123,11 @@ async fn concurrent_requests_with_a_new_kid_share_one_fetch() {
 async fn known_keys_keep_verifying_while_writ_is_down() {
     let key = new_key("k1");
     let writ = FakeWrit::start(&[&key]).await;
-    let t0 = now();
     let verifier = discover(&writ, config()).await;
+    // After discovery: its fetch is the cooldown's start, and a `t0` taken
+    // before it could fall a second earlier, which would put `t0 + 60`
+    // inside the cooldown.
+    let t0 = now();
     writ.set_jwks_down(true);
     let unknown = sign(&claims(&writ.url, "x", t0), &new_key("k9"));
     assert_eq!(verifier.verify_at(&unknown, t0 + 60).await, Err(VerifyError::UnknownKey));
