@@ -228,18 +228,26 @@ fn is_in_memory(location: &str) -> bool {
 /// `-wal` and `-shm` files the same permissions. An existing file is left
 /// as it is (the operator may have chosen otherwise on purpose).
 fn create_private_file(path: &Path) -> Result<(), StorageError> {
-    let mut open = std::fs::OpenOptions::new();
-    open.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        open.mode(0o600);
-    }
+    let mut open = private_file_options();
+    open.create_new(true);
     match open.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(StorageError::Unavailable(format!("creating database file {}: {e}", path.display()).into())),
     }
+}
+
+/// Options that open a file for writing, created readable and writable by
+/// its owner only (the database, the exchange lock).
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.mode(0o600);
+    }
+    open
 }
 
 /// SQLite primary result codes that mean "not now" rather than "never".
@@ -427,14 +435,22 @@ fn bind_audit<'q>(
 }
 
 async fn insert_audit(conn: &mut SqliteConnection, a: &AuditRecord) -> Result<(), StorageError> {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let sql = SQL.get_or_init(|| {
-        let placeholders = vec!["?"; AUDIT_COLUMNS.split(',').count()].join(", ");
-        format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({placeholders})")
-    });
     // Constant column list and placeholders only: every value is bound.
-    bind_audit(sqlx::query(sqlx::AssertSqlSafe(sql.as_str())), a)?.execute(&mut *conn).await.map_err(map_err)?;
+    let sql = sqlx::AssertSqlSafe(audit_insert_sql());
+    bind_audit(sqlx::query(sql), a)?.execute(&mut *conn).await.map_err(map_err)?;
     Ok(())
+}
+
+/// `INSERT INTO audit (…) VALUES (?1, …)`, built once from
+/// [`AUDIT_COLUMNS`] (constant text only: every value is bound), for the
+/// sqlx and the rusqlite ([`group`]) writers alike.
+fn audit_insert_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let count = AUDIT_COLUMNS.split(',').count();
+        let placeholders: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
+        format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({})", placeholders.join(", "))
+    })
 }
 
 #[async_trait::async_trait]

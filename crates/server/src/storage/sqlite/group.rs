@@ -22,7 +22,7 @@
 //! Each exchange is all or nothing, the batch commits once, and every
 //! caller is answered after that commit (see `batch`).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
 
 use super::checkpoint::RestartWanted;
-use super::{AUDIT_COLUMNS, PURGE_CHUNK, to_json};
+use super::{PURGE_CHUNK, to_json};
 use crate::storage::batch::{BatchWriter, Write};
 use crate::storage::{AuditRecord, ExchangeRecord, Pin, StorageError};
 
@@ -61,8 +61,8 @@ pub(super) struct SqliteBatchWriter {
 /// (503) instead of checking replays against an index that misses the
 /// other's. Several replicas need PostgreSQL.
 struct ReplayIndex {
-    /// Fingerprint of `(issuer, jti)` → the record's `expires_at`.
-    seen: HashMap<[u8; 16], i64>,
+    /// Fingerprints of the `(issuer, jti)` pairs in `used_jtis`.
+    seen: HashSet<[u8; 16]>,
     /// Held while the index lives.
     _lock: std::fs::File,
 }
@@ -72,7 +72,7 @@ struct ReplayIndex {
 const LOCK_HANDOVER: Duration = Duration::from_secs(2);
 
 /// The first 128 bits of SHA-256 over `issuer`, a zero byte and `jti`:
-/// 24 bytes an entry instead of the two strings, and two different pairs
+/// 16 bytes an entry instead of the two strings, and two different pairs
 /// share a fingerprint with negligible probability (a collision would
 /// refuse one genuine token as a replay, never accept a replay).
 fn fingerprint(issuer: &str, jti: &str) -> [u8; 16] {
@@ -90,13 +90,8 @@ impl ReplayIndex {
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push("-exchanges.lock");
         let lock_path = PathBuf::from(lock_path);
-        let mut open = std::fs::OpenOptions::new();
-        open.create(true).truncate(false).write(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            open.mode(0o600);
-        }
+        let mut open = super::private_file_options();
+        open.create(true).truncate(false);
         let lock = open.open(&lock_path).map_err(|e| {
             StorageError::Unavailable(format!("opening the exchange lock {}: {e}", lock_path.display()).into())
         })?;
@@ -125,15 +120,13 @@ impl ReplayIndex {
                 return Err(StorageError::Unavailable(format!("locking {}: {e}", lock_path.display()).into()));
             }
         }
-        let mut seen = HashMap::new();
-        let mut select = conn.prepare("SELECT issuer, jti, expires_at FROM used_jtis").map_err(map_err)?;
+        let mut seen = HashSet::new();
+        let mut select = conn.prepare("SELECT issuer, jti FROM used_jtis").map_err(map_err)?;
         let mut rows = select.query([]).map_err(map_err)?;
         while let Some(row) = rows.next().map_err(map_err)? {
             let issuer: String = row.get(0).map_err(map_err)?;
             let jti: String = row.get(1).map_err(map_err)?;
-            let expires_at: i64 = row.get(2).map_err(map_err)?;
-            let entry = seen.entry(fingerprint(&issuer, &jti)).or_insert(expires_at);
-            *entry = (*entry).max(expires_at);
+            seen.insert(fingerprint(&issuer, &jti));
         }
         tracing::debug!(records = seen.len(), "loaded the replay index");
         Ok(ReplayIndex { seen, _lock: lock })
@@ -271,14 +264,14 @@ fn write_all(
             Write::Exchange(rec) => {
                 let key = fingerprint(&rec.used_jti.issuer, &rec.used_jti.jti);
                 let index = replay.as_deref_mut().ok_or_else(|| StorageError::other("replay index not loaded"))?;
-                if index.seen.contains_key(&key) {
+                if index.seen.contains(&key) {
                     results.push(Err(StorageError::Replay));
                     continue;
                 }
                 let result =
                     if rec.new_pins.is_empty() { write_exchange(&tx, rec)? } else { write_with_pins(&tx, rec)? };
                 if result.is_ok() {
-                    index.seen.insert(key, rec.used_jti.expires_at);
+                    index.seen.insert(key);
                     added.push(key);
                 }
                 result
@@ -432,7 +425,7 @@ fn insert_pin(tx: &Transaction<'_>, pin: &Pin) -> Result<Result<(), StorageError
 }
 
 fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StorageError> {
-    let sql = audit_insert_sql();
+    let sql = super::audit_insert_sql();
     let mut insert = tx.prepare_cached(sql).map_err(map_err)?;
     let explanation = a.explanation.as_ref().map(to_json).transpose()?;
     insert
@@ -467,17 +460,6 @@ fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StorageErro
         ])
         .map_err(map_err)?;
     Ok(())
-}
-
-/// `INSERT INTO audit (…) VALUES (?1, …)`, built once from
-/// [`AUDIT_COLUMNS`] (constant text only: every value is bound).
-fn audit_insert_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let count = AUDIT_COLUMNS.split(',').count();
-        let placeholders: Vec<String> = (1..=count).map(|i| format!("?{i}")).collect();
-        format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ({})", placeholders.join(", "))
-    })
 }
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
@@ -623,8 +605,8 @@ mod tests {
 
     #[test]
     fn audit_insert_has_one_placeholder_per_column() {
-        let sql = audit_insert_sql();
-        assert_eq!(sql.matches('?').count(), AUDIT_COLUMNS.split(',').count());
+        let sql = super::super::audit_insert_sql();
+        assert_eq!(sql.matches('?').count(), super::super::AUDIT_COLUMNS.split(',').count());
         assert!(sql.ends_with("?27)"), "{sql}");
     }
 }
