@@ -15,12 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HOST};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex as AsyncMutex;
 
@@ -39,69 +36,191 @@ pub struct Target {
     pub content_type: String,
 }
 
-/// One keep-alive connection, re-established after a transport failure.
+/// Largest response head the generator accepts.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// One keep-alive HTTP/1.1 connection, re-established after a transport
+/// failure or a `Connection: close`.
+///
+/// A deliberately small client: one request at a time, the head written
+/// with the body in one `write`, the response read into a reused buffer
+/// (`Content-Length` or chunked bodies). The generator shares the machine
+/// with the server, so every microsecond it spends per request is one the
+/// server does not get; a general-purpose client (hyper's) took about
+/// twice as long per request (docs/PERFORMANCE.md).
 pub struct Conn {
     target: Target,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    stream: Option<TcpStream>,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+/// A parsed response; the body is `buf[body]`.
+struct Response {
+    status: u16,
+    body: std::ops::Range<usize>,
+    close: bool,
 }
 
 impl Conn {
     /// A connection to `target`, opened lazily.
     pub fn new(target: &Target) -> Conn {
-        Conn { target: target.clone(), sender: None }
-    }
-
-    async fn sender(&mut self) -> anyhow::Result<&mut SendRequest<Full<Bytes>>> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(self.target.addr)
-                .await
-                .with_context(|| format!("connecting to {}", self.target.addr))?;
-            stream.set_nodelay(true)?;
-            let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _closed = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        self.sender.as_mut().context("connection just opened")
+        Conn { target: target.clone(), stream: None, out: Vec::with_capacity(4096), buf: Vec::with_capacity(8192) }
     }
 
     /// Sends one request; returns the status and body.
     pub async fn request(&mut self, method: http::Method, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
-        let host = self.target.host.clone();
-        let content_type = self.target.content_type.clone();
-        let result = async {
-            let sender = self.sender().await?;
-            sender.ready().await?;
-            let req = http::Request::builder()
-                .method(method)
-                .uri(path)
-                .header(HOST, host)
-                .header(CONTENT_TYPE, content_type)
-                .body(Full::new(body))?;
-            let response = sender.send_request(req).await?;
-            let status = response.status().as_u16();
-            let body = response.into_body().collect().await?.to_bytes();
-            anyhow::Ok((status, body))
-        }
-        .await;
-        if result.is_err() {
-            self.sender = None;
-        }
-        result
+        let response = self.round_trip(method.as_str(), path, &body).await?;
+        Ok((response.status, Bytes::copy_from_slice(&self.buf[response.body])))
     }
 
     /// Sends one exchange and classifies the outcome for the recorder.
     pub async fn exchange(&mut self, body: Bytes) -> Result<(), (String, String)> {
-        let path = self.target.path.clone();
-        match self.request(http::Method::POST, &path, body).await {
-            Ok((200, _)) => Ok(()),
-            Ok((status, body)) => {
-                Err((format!("http {status}"), format!("http {status}: {}", String::from_utf8_lossy(&body))))
+        let path = std::mem::take(&mut self.target.path);
+        let result = self.round_trip("POST", &path, &body).await;
+        self.target.path = path;
+        match result {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => {
+                let status = r.status;
+                Err((
+                    format!("http {status}"),
+                    format!("http {status}: {}", String::from_utf8_lossy(&self.buf[r.body])),
+                ))
             }
             Err(e) => Err(("transport".to_owned(), format!("{e:#}"))),
         }
     }
+
+    async fn round_trip(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Response> {
+        let result = self.try_round_trip(method, path, body).await;
+        match &result {
+            Ok(r) if !r.close => {}
+            _ => self.stream = None,
+        }
+        result
+    }
+
+    async fn try_round_trip(&mut self, method: &str, path: &str, body: &[u8]) -> anyhow::Result<Response> {
+        use std::io::Write as _;
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(self.target.addr)
+                .await
+                .with_context(|| format!("connecting to {}", self.target.addr))?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(stream);
+        }
+        let stream = self.stream.as_mut().context("connection just opened")?;
+        self.out.clear();
+        write!(
+            self.out,
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
+            self.target.host,
+            self.target.content_type,
+            body.len()
+        )?;
+        self.out.extend_from_slice(body);
+        stream.write_all(&self.out).await?;
+
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.buf.len() > MAX_HEAD {
+                bail!("response head longer than {MAX_HEAD} bytes");
+            }
+            read_more(stream, &mut self.buf).await?;
+        };
+        let head = parse_head(&self.buf[..head_end])?;
+        let body = if head.chunked {
+            dechunk(stream, &mut self.buf, head_end).await?
+        } else {
+            let end = head_end + head.content_length;
+            while self.buf.len() < end {
+                read_more(stream, &mut self.buf).await?;
+            }
+            head_end..end
+        };
+        Ok(Response { status: head.status, body, close: head.close })
+    }
+}
+
+/// What the generator needs of a response head.
+struct Head {
+    status: u16,
+    content_length: usize,
+    chunked: bool,
+    close: bool,
+}
+
+fn parse_head(head: &[u8]) -> anyhow::Result<Head> {
+    let text = std::str::from_utf8(head).context("response head is not UTF-8")?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP/1.x status line: {status_line:?}"))?;
+    let mut parsed = Head { status, content_length: 0, chunked: false, close: status_line.starts_with("HTTP/1.0") };
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').with_context(|| format!("malformed header line {line:?}"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            parsed.content_length = value.parse().with_context(|| format!("bad Content-Length {value:?}"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            parsed.chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("connection") {
+            parsed.close = value.eq_ignore_ascii_case("close");
+        }
+    }
+    Ok(parsed)
+}
+
+/// Reads a chunked body that starts at `buf[start..]` and compacts it in
+/// place; returns its range in `buf`.
+async fn dechunk(stream: &mut TcpStream, buf: &mut Vec<u8>, start: usize) -> anyhow::Result<std::ops::Range<usize>> {
+    let mut write = start;
+    let mut read = start;
+    loop {
+        let line_end = loop {
+            if let Some(i) = find(&buf[read..], b"\r\n") {
+                break read + i;
+            }
+            read_more(stream, buf).await?;
+        };
+        let size_text = std::str::from_utf8(&buf[read..line_end]).context("chunk size is not UTF-8")?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).with_context(|| format!("bad chunk size {size_text:?}"))?;
+        read = line_end + 2;
+        if size == 0 {
+            // Trailers, if any, end with an empty line.
+            while find(&buf[read..], b"\r\n").is_none() {
+                read_more(stream, buf).await?;
+            }
+            return Ok(start..write);
+        }
+        while buf.len() < read + size + 2 {
+            read_more(stream, buf).await?;
+        }
+        buf.copy_within(read..read + size, write);
+        write += size;
+        read += size + 2;
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
+    buf.reserve(8192);
+    if stream.read_buf(buf).await? == 0 {
+        bail!("the server closed the connection");
+    }
+    Ok(())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Where an open-loop phase gets its bodies.
@@ -188,4 +307,78 @@ pub async fn open_loop(
         let _ = w.await;
     }
     start.elapsed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server that answers each request on one connection with the next
+    /// canned response.
+    async fn canned(responses: Vec<&'static [u8]>) -> Target {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            for response in responses {
+                let mut seen = Vec::new();
+                // Read one request: head, then Content-Length bytes.
+                loop {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(end) = find(&seen, b"\r\n\r\n") {
+                        let head = std::str::from_utf8(&seen[..end]).unwrap().to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map(|v| v.trim().parse().unwrap())
+                            .unwrap_or(0);
+                        if seen.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                socket.write_all(response).await.unwrap();
+            }
+        });
+        Target { addr, host: "localhost".into(), path: "/v1/exchange".into(), content_type: "application/json".into() }
+    }
+
+    #[tokio::test]
+    async fn reads_sized_and_chunked_bodies_on_one_connection() {
+        let target = canned(vec![
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 400 Bad Request\r\ntransfer-encoding: chunked\r\n\r\n4\r\nnope\r\n3;x=y\r\n!!!\r\n0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ])
+        .await;
+        let mut conn = Conn::new(&target);
+        let (status, body) = conn.request(http::Method::POST, "/v1/exchange", Bytes::from_static(b"{}")).await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"hello"[..]));
+        let err = conn.exchange(Bytes::from_static(b"{}")).await.unwrap_err();
+        assert_eq!(err, ("http 400".to_owned(), "http 400: nope!!!".to_owned()));
+        let (status, body) = conn.request(http::Method::GET, "/", Bytes::new()).await.unwrap();
+        assert_eq!((status, body.len()), (204, 0));
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_a_transport_error_and_is_reopened() {
+        let target = canned(vec![]).await;
+        let mut conn = Conn::new(&target);
+        let err = conn.exchange(Bytes::from_static(b"{}")).await.unwrap_err();
+        assert_eq!(err.0, "transport");
+        assert!(conn.stream.is_none());
+    }
+
+    #[test]
+    fn malformed_heads_are_refused_with_the_reason() {
+        let err = parse_head(b"HTTP/2 200\r\n\r\n").err().unwrap();
+        assert!(err.to_string().contains("not an HTTP/1.x status line"), "{err}");
+        let err = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").err().unwrap();
+        assert!(err.to_string().contains("bad Content-Length"), "{err}");
+        let head = parse_head(b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!((head.status, head.close), (503, true));
+    }
 }
