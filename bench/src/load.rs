@@ -317,30 +317,30 @@ mod tests {
     /// A server that answers each request on one connection with the next
     /// canned response.
     async fn canned(responses: Vec<&'static [u8]>) -> Target {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
         tokio::spawn(async move {
-            let (mut socket, _) = listener.accept().await.unwrap();
+            let (mut socket, _) = listener.accept().await.expect("accept");
             let mut buf = vec![0u8; 65536];
             for response in responses {
                 let mut seen = Vec::new();
                 // Read one request: head, then Content-Length bytes.
                 loop {
-                    let n = socket.read(&mut buf).await.unwrap();
+                    let n = socket.read(&mut buf).await.expect("read request");
                     seen.extend_from_slice(&buf[..n]);
                     if let Some(end) = find(&seen, b"\r\n\r\n") {
-                        let head = std::str::from_utf8(&seen[..end]).unwrap().to_ascii_lowercase();
+                        let head = std::str::from_utf8(&seen[..end]).expect("UTF-8 head").to_ascii_lowercase();
                         let len: usize = head
                             .lines()
                             .find_map(|l| l.strip_prefix("content-length: "))
-                            .map(|v| v.trim().parse().unwrap())
+                            .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
                         if seen.len() >= end + 4 + len {
                             break;
                         }
                     }
                 }
-                socket.write_all(response).await.unwrap();
+                socket.write_all(response).await.expect("write response");
             }
         });
         Target { addr, host: "localhost".into(), path: "/v1/exchange".into(), content_type: "application/json".into() }
@@ -355,11 +355,12 @@ mod tests {
         ])
         .await;
         let mut conn = Conn::new(&target);
-        let (status, body) = conn.request(http::Method::POST, "/v1/exchange", Bytes::from_static(b"{}")).await.unwrap();
+        let (status, body) =
+            conn.request(http::Method::POST, "/v1/exchange", Bytes::from_static(b"{}")).await.expect("request");
         assert_eq!((status, &body[..]), (200, &b"hello"[..]));
-        let err = conn.exchange(Bytes::from_static(b"{}")).await.unwrap_err();
+        let err = conn.exchange(Bytes::from_static(b"{}")).await.expect_err("must fail");
         assert_eq!(err, ("http 400".to_owned(), "http 400: nope!!!".to_owned()));
-        let (status, body) = conn.request(http::Method::GET, "/", Bytes::new()).await.unwrap();
+        let (status, body) = conn.request(http::Method::GET, "/", Bytes::new()).await.expect("request");
         assert_eq!((status, body.len()), (204, 0));
     }
 
@@ -367,18 +368,18 @@ mod tests {
     async fn a_closed_connection_is_a_transport_error_and_is_reopened() {
         let target = canned(vec![]).await;
         let mut conn = Conn::new(&target);
-        let err = conn.exchange(Bytes::from_static(b"{}")).await.unwrap_err();
+        let err = conn.exchange(Bytes::from_static(b"{}")).await.expect_err("must fail");
         assert_eq!(err.0, "transport");
         assert!(conn.stream.is_none());
     }
 
     #[test]
     fn malformed_heads_are_refused_with_the_reason() {
-        let err = parse_head(b"HTTP/2 200\r\n\r\n").err().unwrap();
+        let err = parse_head(b"HTTP/2 200\r\n\r\n").expect_err("must be refused");
         assert!(err.to_string().contains("not an HTTP/1.x status line"), "{err}");
-        let err = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").err().unwrap();
+        let err = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").expect_err("must be refused");
         assert!(err.to_string().contains("bad Content-Length"), "{err}");
-        let head = parse_head(b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\n").unwrap();
+        let head = parse_head(b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\n").expect("valid head");
         assert_eq!((head.status, head.close), (503, true));
     }
 }
