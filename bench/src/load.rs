@@ -147,6 +147,7 @@ impl Conn {
 }
 
 /// What the generator needs of a response head.
+#[derive(Debug)]
 struct Head {
     status: u16,
     content_length: usize,
