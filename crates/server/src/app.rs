@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use axum::response::IntoResponse;
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderName, HeaderValue, StatusCode};
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::error::{REQUEST_ID_HEADER, finish_errors};
@@ -212,11 +212,9 @@ impl AppState {
     }
 }
 
-/// The router with every layer: request ids, tracing, timeouts, body
-/// limits, and the one JSON error shape.
+/// The router with its one middleware ([`edge`]) and the body limit.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.limits.max_body_bytes;
-    let request_id = http::HeaderName::from_static(REQUEST_ID_HEADER);
     // Every route, with its OpenAPI operation: `api::documented` is the
     // route table (tests/openapi.rs: no route is added here).
     let rate_limits = state.rate_limits.clone();
@@ -225,48 +223,94 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(rate_limits, edge))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
-        .layer(TimeoutLayer::with_status_code(http::StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &http::Request<_>| {
-            let id = req.headers().get(REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
-        .layer(SetSensitiveRequestHeadersLayer::new([http::header::AUTHORIZATION, http::header::COOKIE]))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-/// The checks every request passes before routing, and the one error
-/// shape of every answer, in one middleware (one boxed future per request
-/// instead of one per check):
+/// What every request goes through, in one middleware (one boxed future
+/// per request instead of one per concern; a stack of tower layers cost
+/// about 10 µs per exchange, docs/PERFORMANCE.md):
 ///
-/// 1. headers that add up to more than [`MAX_HEADER_BYTES`]: 431;
-/// 2. a client address over its request rate: 429 with `Retry-After`
+/// 1. a request id: the client's `x-request-id` if it sent one, else a
+///    new UUID; handlers read it from the header, and the response
+///    carries it back;
+/// 2. `Authorization` and `Cookie` marked sensitive, so no debug output
+///    of the headers ever shows them;
+/// 3. a `request` span with method, path and request id around
+///    everything below, so every log line of the request names it;
+/// 4. headers that add up to more than [`MAX_HEADER_BYTES`]: 431;
+/// 5. a client address over its request rate: 429 with `Retry-After`
 ///    (requests without a peer address, in-process tests, are not limited);
-/// 3. every error response, from a handler, a layer or axum itself, is
-///    rendered as the JSON error shape with the request id
-///    ([`finish_errors`]).
+/// 6. [`REQUEST_TIMEOUT`]: 408 if the handler is not done by then;
+/// 7. every error response, from a handler or axum itself, rendered as
+///    the JSON error shape with the request id ([`finish_errors`]); a 5xx
+///    is also logged at `error`.
 async fn edge(
     axum::extract::State(limits): axum::extract::State<crate::ratelimit::RateLimits>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let request_id = request.headers().get(REQUEST_ID_HEADER).cloned();
-    let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let response = if size > MAX_HEADER_BYTES {
-        axum::response::IntoResponse::into_response(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-    } else if let Some(ip) = peer
-        && let Err(wait) = limits.check_client(ip)
-    {
-        let secs = crate::ratelimit::retry_after_secs(wait);
-        axum::response::IntoResponse::into_response(crate::error::ApiError::too_many_requests(
-            format!("too many requests from {ip}; retry after {secs} s"),
-            secs,
-        ))
-    } else {
-        next.run(request).await
+    let started = std::time::Instant::now();
+    let headers = request.headers_mut();
+    let request_id = match headers.get(REQUEST_ID_HEADER) {
+        Some(id) => id.clone(),
+        None => {
+            let id = new_request_id();
+            headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), id.clone());
+            id
+        }
     };
-    finish_errors(response, request_id.as_ref())
+    for name in [AUTHORIZATION, COOKIE] {
+        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            entry.iter_mut().for_each(|value| value.set_sensitive(true));
+        }
+    }
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+    );
+    let response = async move {
+        let size: usize = request.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+        let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+        let response = if size > MAX_HEADER_BYTES {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response()
+        } else if let Some(ip) = peer
+            && let Err(wait) = limits.check_client(ip)
+        {
+            let secs = crate::ratelimit::retry_after_secs(wait);
+            crate::error::ApiError::too_many_requests(
+                format!("too many requests from {ip}; retry after {secs} s"),
+                secs,
+            )
+            .into_response()
+        } else {
+            match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+            }
+        };
+        let status = response.status();
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), elapsed_ms, "request failed with status {status}");
+        } else {
+            tracing::debug!(status = status.as_u16(), elapsed_ms, "request finished with status {status}");
+        }
+        response
+    }
+    .instrument(span)
+    .await;
+    let mut response = finish_errors(response, Some(&request_id));
+    response.headers_mut().entry(REQUEST_ID_HEADER).or_insert(request_id);
+    response
+}
+
+/// A new request id: a random UUID, hyphenated.
+fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Binds the configured address and serves until Ctrl-C / SIGTERM.
