@@ -325,9 +325,9 @@ impl VerifyError {
 /// is checked first, before any decoding.
 ///
 /// Same checks, in the same order, as [`verify_oidc`]'s first step, but the
-/// payload is only scanned for `iss`: the exchange peeks at every token
-/// before verifying it, and building the whole claims map there would
-/// double the cost of parsing it.
+/// payload is only scanned for `iss`, for callers that look at a token
+/// without verifying it afterwards (narrowing, the CLI). A caller that
+/// will verify the token parses it once with [`ParsedToken::parse`].
 pub fn peek_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedToken<'_>, VerifyError> {
     let (header_b64, payload_b64, _) = split_compact(token, max_token_bytes)?;
     let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
@@ -501,22 +501,61 @@ pub fn verify_oidc_with(
     cfg: &VerifyConfig,
     now: i64,
 ) -> Result<VerifiedClaims, VerifyError> {
-    let parts = split_unverified(token, cfg.max_token_bytes)?;
-    let alg = allowed_algorithm(&parts.unverified.unverified_alg, &issuer.algorithms)?;
-    let (index, jwk) = select_key(&keys.jwks, parts.unverified.unverified_kid.as_deref(), alg)?;
-    match (alg, keys.rs256.get(index)) {
-        (Algorithm::RS256, Some(Some(parsed))) => {
-            verify_parsed(parts.signing_input, parts.unverified_signature, parsed)?;
-        }
-        _ => {
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|_| VerifyError::KeyMismatch("the key's parameters are not a valid public key"))?;
-            verify_signature(parts.signing_input, parts.unverified_signature, &key, alg)?;
-        }
+    ParsedToken::parse(token, cfg.max_token_bytes)?.verify(issuer, keys, cfg, now)
+}
+
+/// A token taken apart and its header and payload parsed, nothing
+/// verified: what the exchange reads once and then verifies, instead of
+/// peeking at it ([`peek_unverified`]) and parsing it again to verify.
+pub struct ParsedToken<'a> {
+    parts: UnverifiedParts<'a>,
+}
+
+impl<'a> ParsedToken<'a> {
+    /// Size, shape, header and payload: the same checks, in the same
+    /// order, as the first step of [`verify_oidc`].
+    pub fn parse(token: &'a str, max_token_bytes: usize) -> Result<ParsedToken<'a>, VerifyError> {
+        Ok(ParsedToken { parts: split_unverified(token, max_token_bytes)? })
     }
-    // The signature covers the payload bytes these claims were parsed from.
-    let claims = parts.unverified_payload;
-    check_claims(claims, issuer, cfg, now)
+
+    /// The `iss` claim as the token states it: only for choosing the
+    /// issuer, verification checks it.
+    pub fn unverified_iss(&self) -> &str {
+        &self.parts.unverified.unverified_iss
+    }
+
+    /// Verifies the token like [`verify_oidc_with`]. The payload becomes
+    /// the claims only once the signature over it verified; a token refused
+    /// before that (an unknown key, say) can be verified again, with other
+    /// keys. After the signature verified, the payload is spent: another
+    /// call refuses the token.
+    pub fn verify(
+        &mut self,
+        issuer: &IssuerSpec,
+        keys: &KeySet,
+        cfg: &VerifyConfig,
+        now: i64,
+    ) -> Result<VerifiedClaims, VerifyError> {
+        let parts = &mut self.parts;
+        if parts.unverified_payload.is_empty() {
+            return Err(VerifyError::Malformed("the payload is not base64url JSON"));
+        }
+        let alg = allowed_algorithm(&parts.unverified.unverified_alg, &issuer.algorithms)?;
+        let (index, jwk) = select_key(&keys.jwks, parts.unverified.unverified_kid.as_deref(), alg)?;
+        match (alg, keys.rs256.get(index)) {
+            (Algorithm::RS256, Some(Some(parsed))) => {
+                verify_parsed(parts.signing_input, parts.unverified_signature, parsed)?;
+            }
+            _ => {
+                let key = DecodingKey::from_jwk(jwk)
+                    .map_err(|_| VerifyError::KeyMismatch("the key's parameters are not a valid public key"))?;
+                verify_signature(parts.signing_input, parts.unverified_signature, &key, alg)?;
+            }
+        }
+        // The signature covers the payload bytes these claims were parsed from.
+        let claims = std::mem::take(&mut parts.unverified_payload);
+        check_claims(claims, issuer, cfg, now)
+    }
 }
 
 /// An issuer's published keys, with each RSA key also parsed once for
@@ -875,6 +914,32 @@ mod tests {
         assert_eq!(unverified.unverified_kid.as_deref(), Some("key-1"));
         assert_eq!(unverified.unverified_alg, "RS256");
         assert_eq!(unverified.unverified_jwt(), token);
+    }
+
+    /// The exchange parses once and may verify twice (with its cached keys,
+    /// then with fresh ones after an unknown `kid`): a refusal before the
+    /// signature leaves the token verifiable, a token whose signature
+    /// verified cannot be verified again, and a forged one stays refused.
+    #[test]
+    fn a_parsed_token_verifies_after_an_unknown_key_and_only_once() {
+        let token = KEY_2.sign(&claims().build());
+        let cfg = VerifyConfig::new(AUD);
+        let mut parsed = ParsedToken::parse(&token, DEFAULT_MAX_TOKEN_BYTES).expect("well-formed");
+        assert_eq!(parsed.unverified_iss(), ISS);
+        let old = KeySet::new(keys());
+        let err = parsed.verify(&github(), &old, &cfg, NOW).expect_err("key-2 is not published yet");
+        assert!(matches!(err, VerifyError::UnknownKey), "{err:?}");
+        let fresh = KeySet::new(jwks(&[KEY.public_jwk(), KEY_2.public_jwk()]));
+        let verified = parsed.verify(&github(), &fresh, &cfg, NOW).expect("verifies with the fresh keys");
+        assert_eq!(verified.issuer_url(), ISS);
+        assert!(parsed.verify(&github(), &fresh, &cfg, NOW).is_err(), "spent after its signature verified");
+
+        let forged = FORGER.sign(&claims().build());
+        let mut parsed = ParsedToken::parse(&forged, DEFAULT_MAX_TOKEN_BYTES).expect("well-formed");
+        for _ in 0..2 {
+            let err = parsed.verify(&github(), &KeySet::new(keys()), &cfg, NOW).expect_err("forged");
+            assert!(matches!(err, VerifyError::Signature), "{err:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use writ_core::claims::VerifiedClaims;
-use writ_core::jwt::{VerifyConfig, VerifyError};
+use writ_core::jwt::{ParsedToken, VerifyConfig, VerifyError};
 use writ_core::policy::{self, Decision, Pins, Request as PolicyRequest, TtlLimits};
 use writ_core::token::{CiProvenance, WritClaims};
 
@@ -85,17 +85,18 @@ pub struct ExchangeOutput {
 /// Runs one exchange.
 pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInfo) -> Result<ExchangeOutput, ApiError> {
     validate_names(&input)?;
-    // The one unverified look at the token: whose it claims to be.
-    let peeked = writ_core::jwt::peek_unverified(&input.subject_token, state.config.limits.max_token_bytes)
-        .map(|t| t.unverified_iss);
+    // The token is parsed once; before its signature is verified, only
+    // its `iss` is looked at, to tell whose it claims to be.
+    let parsed = ParsedToken::parse(&input.subject_token, state.config.limits.max_token_bytes);
     // A writ token as the subject token: narrowing, never a new grant.
-    if peeked.as_ref().is_ok_and(|iss| *iss == state.config.public_url) {
+    if parsed.as_ref().is_ok_and(|t| t.unverified_iss() == state.config.public_url) {
+        drop(parsed);
         return crate::narrow::narrow(state, input, caller).await;
     }
     validate_input(&input)?;
     let now = state.clock.now();
-    let unverified_iss = peeked.map_err(|e| verify_error(&e))?;
-    let claims = verify(state, &input.subject_token, &unverified_iss, now).await?;
+    let mut parsed = parsed.map_err(|e| verify_error(&e))?;
+    let claims = verify(state, &mut parsed, now).await?;
     // After the signature verified: a forged token cannot spend another
     // repository's budget. Not audited: a runaway loop would flood the log.
     let source = client_id(&claims);
@@ -273,14 +274,14 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
 /// Verifies the subject token. Before the signature has verified, the
 /// caller learns only "invalid token" and the reason class: nothing that
 /// would help probe issuers or keys.
-async fn verify(state: &AppState, token: &str, unverified_iss: &str, now: i64) -> Result<VerifiedClaims, ApiError> {
+async fn verify(state: &AppState, token: &mut ParsedToken<'_>, now: i64) -> Result<VerifiedClaims, ApiError> {
     let cfg = VerifyConfig {
         audience: state.config.audience.clone(),
         leeway_secs: LEEWAY_SECS,
         max_age_secs: max_token_age_secs(state),
         max_token_bytes: state.config.limits.max_token_bytes,
     };
-    let claims = state.issuers.verify_peeked(token, unverified_iss, &cfg, now).await.map_err(|e| verify_error(&e))?;
+    let claims = state.issuers.verify_parsed(token, &cfg, now).await.map_err(|e| verify_error(&e))?;
     // The issuer is known only once verification picked it: the shared
     // check above used the loosest bound of all issuers, this one applies
     // the issuer's own `max_token_age`.

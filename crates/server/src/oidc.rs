@@ -30,7 +30,7 @@ use jsonwebtoken::AlgorithmFamily;
 use jsonwebtoken::jwk::JwkSet;
 use tokio::task::JoinHandle;
 use writ_core::claims::VerifiedClaims;
-use writ_core::jwt::{IssuerSpec, KeySet, VerifyConfig, VerifyError, peek_unverified, verify_oidc_with};
+use writ_core::jwt::{IssuerSpec, KeySet, ParsedToken, VerifyConfig, VerifyError};
 
 /// Default timeout of one discovery or JWKS request, connect to last byte.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -233,32 +233,30 @@ impl Issuers {
     /// [`VerifyError::KeysUnavailable`] when the issuer's keys were never
     /// fetched successfully (a temporary condition, answered 503).
     pub async fn verify(&self, token: &str, cfg: &VerifyConfig, now: i64) -> Result<VerifiedClaims, VerifyError> {
-        let unverified = peek_unverified(token, cfg.max_token_bytes)?;
-        self.verify_peeked(token, &unverified.unverified_iss, cfg, now).await
+        let mut parsed = ParsedToken::parse(token, cfg.max_token_bytes)?;
+        self.verify_parsed(&mut parsed, cfg, now).await
     }
 
-    /// [`verify`](Self::verify) for a caller that already peeked at the
-    /// token: `unverified_iss` is the `iss` that [`peek_unverified`] read
-    /// from `token` (it only picks the issuer; verification checks it).
-    pub async fn verify_peeked(
+    /// [`verify`](Self::verify) for a caller that already parsed the token
+    /// (the exchange, which looks at its `iss` first).
+    pub async fn verify_parsed(
         &self,
-        token: &str,
-        unverified_iss: &str,
+        token: &mut ParsedToken<'_>,
         cfg: &VerifyConfig,
         now: i64,
     ) -> Result<VerifiedClaims, VerifyError> {
-        let Some(&index) = self.inner.by_url.get(unverified_iss) else {
+        let Some(&index) = self.inner.by_url.get(token.unverified_iss()) else {
             return Err(VerifyError::UnknownIssuer);
         };
         let issuer = &self.inner.issuers[index];
         if let Some(pinned) = &issuer.pinned {
-            return verify_oidc_with(token, &issuer.spec, pinned, cfg, now);
+            return token.verify(&issuer.spec, pinned, cfg, now);
         }
         let snapshot = self.current_keys(index, now).await?;
-        match verify_oidc_with(token, &issuer.spec, &snapshot.keys, cfg, now) {
+        match token.verify(&issuer.spec, &snapshot.keys, cfg, now) {
             Err(VerifyError::UnknownKey) => match self.refresh(index, Some(snapshot.generation), now).await {
                 Some(newer) if newer.generation != snapshot.generation => {
-                    verify_oidc_with(token, &issuer.spec, &newer.keys, cfg, now)
+                    token.verify(&issuer.spec, &newer.keys, cfg, now)
                 }
                 _ => Err(VerifyError::UnknownKey),
             },
