@@ -131,7 +131,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         ttl: input.ttl,
     };
     let limits = TtlLimits { default: state.config.tokens.default_ttl, max: state.config.tokens.max_ttl };
-    let grant = match policy::evaluate(&loaded.policy, &claims, &request, &pins, limits) {
+    let grant = match policy::evaluate_for_grant(&loaded.policy, &claims, &request, &pins, limits) {
         Decision::Granted(grant) => grant,
         Decision::Denied(denial) => {
             let explanation = serde_json::to_value(&denial.explanation).unwrap_or_default();

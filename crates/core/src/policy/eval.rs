@@ -483,8 +483,55 @@ pub fn evaluate(
             explanation: Vec::new(),
         });
     }
+    evaluate_rules(policy, claims, request, pins, limits, |_| false)
+}
+
+/// [`evaluate`] for a caller that keeps only the granting rule's outcome
+/// (the exchange's audit record). Rules that cannot match this token, by
+/// issuer or by repository or project name, are passed over without
+/// building the explanation of their failure. Skipping a rule that fails
+/// anyway cannot change which rule grants, so the decision is the same as
+/// [`evaluate`]'s; a grant's explanation lists fewer rules, and a denial is
+/// evaluated again in full, so it explains every rule.
+pub fn evaluate_for_grant(
+    policy: &Policy,
+    claims: &VerifiedClaims,
+    request: &Request,
+    pins: &Pins,
+    limits: TtlLimits,
+) -> Decision {
+    match evaluate_rules(policy, claims, request, pins, limits, |rule| cannot_match(rule, claims)) {
+        granted @ Decision::Granted(_) => granted,
+        Decision::Denied(_) => evaluate(policy, claims, request, pins, limits),
+    }
+}
+
+/// True when `rule` certainly fails for `claims` on its first conditions
+/// (the same comparisons [`RuleCheck::conditions`] makes first).
+fn cannot_match(rule: &Rule, claims: &VerifiedClaims) -> bool {
+    if rule.issuer() != claims.issuer_name() || !rule.problems.is_empty() {
+        return true;
+    }
+    let (claim, patterns) = match claims.issuer_kind() {
+        IssuerKind::GitHub => ("repository", &rule.repository),
+        IssuerKind::GitLab => ("project_path", &rule.project_path),
+        IssuerKind::Generic => return false,
+    };
+    let Some(patterns) = patterns else { return false };
+    let name = claims.get(claim).and_then(Value::as_str);
+    !name.is_some_and(|n| patterns.value.iter().any(|p| p.value.pattern.matches(n)))
+}
+
+fn evaluate_rules(
+    policy: &Policy,
+    claims: &VerifiedClaims,
+    request: &Request,
+    pins: &Pins,
+    limits: TtlLimits,
+    skip: impl Fn(&Rule) -> bool,
+) -> Decision {
     let mut explanation = Vec::with_capacity(policy.rules.len());
-    for rule in &policy.rules {
+    for rule in policy.rules.iter().filter(|r| !skip(r)) {
         let mut check = RuleCheck { rule, claims, pins, failures: Vec::new(), new_pins: Vec::new() };
         check.conditions();
         if !check.failures.is_empty() {
@@ -1053,9 +1100,53 @@ max_ttl = "10m"
         Denied(DenialKind, &'static str),
     }
 
+    /// Evaluates, and checks on every row of every table that the
+    /// exchange's shortcut ([`evaluate_for_grant`]) decides the same: the
+    /// same denial, or a grant that differs only in listing fewer
+    /// non-matching rules.
     fn decide(policy: &str, claims: &VerifiedClaims, request: &Request, pins: &Pins) -> Decision {
         let policy = parse(policy, SourceFormat::Toml).expect("test policy parses");
-        evaluate(&policy, claims, request, pins, LIMITS)
+        let full = evaluate(&policy, claims, request, pins, LIMITS);
+        let quick = evaluate_for_grant(&policy, claims, request, pins, LIMITS);
+        match (&full, quick) {
+            (Decision::Granted(full), Decision::Granted(mut quick)) => {
+                assert_eq!(quick.explanation.last(), full.explanation.last(), "the granting rule's outcome");
+                assert!(quick.explanation.len() <= full.explanation.len());
+                quick.explanation.clone_from(&full.explanation);
+                assert_eq!(&quick, full);
+            }
+            (full, quick) => assert_eq!(&quick, full),
+        }
+        full
+    }
+
+    #[test]
+    fn the_exchange_shortcut_passes_over_rules_for_other_repositories() {
+        let policy = r#"
+org = "acme"
+
+[[rule]]
+name = "other"
+issuer = "github"
+repository = "acme/api"
+permissions = ["deploy"]
+
+[[rule]]
+name = "deploy-web"
+issuer = "github"
+repository = "acme/web"
+permissions = ["deploy"]
+"#;
+        let policy = parse(policy, SourceFormat::Toml).expect("test policy parses");
+        let claims = gh(json!({}));
+        let Decision::Granted(quick) = evaluate_for_grant(&policy, &claims, &full(), &Pins::new(), LIMITS) else {
+            panic!("acme/web is granted")
+        };
+        assert_eq!(quick.explanation.iter().map(|o| o.rule.as_str()).collect::<Vec<_>>(), ["deploy-web"]);
+        let Decision::Granted(all) = evaluate(&policy, &claims, &full(), &Pins::new(), LIMITS) else {
+            panic!("acme/web is granted")
+        };
+        assert_eq!(all.explanation.len(), 2, "the full evaluation explains the other rule too");
     }
 
     /// One row of the table: evaluates and checks the outcome.

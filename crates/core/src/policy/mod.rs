@@ -114,7 +114,7 @@ use serde::Serialize;
 
 pub use eval::{
     Decision, Denial, DenialKind, Failure, Grant, Pin, PinKind, PinSource, Pins, Request, RuleOutcome, TtlLimits,
-    UNSAFE_EVENTS, evaluate,
+    UNSAFE_EVENTS, evaluate, evaluate_for_grant,
 };
 pub use lint::{GITHUB_CLAIMS, GITLAB_CLAIMS, LintContext, lint};
 pub use parse::parse;
