@@ -46,8 +46,8 @@ const MAX_HEAD: usize = 64 * 1024;
 /// with the body in one `write`, the response read into a reused buffer
 /// (`Content-Length` or chunked bodies). The generator shares the machine
 /// with the server, so every microsecond it spends per request is one the
-/// server does not get; a general-purpose client (hyper's) took about
-/// twice as long per request (docs/PERFORMANCE.md).
+/// server does not get; with hyper's client the generator took about
+/// 1.4 times as much CPU per request (docs/PERFORMANCE.md).
 pub struct Conn {
     target: Target,
     stream: Option<TcpStream>,

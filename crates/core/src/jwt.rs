@@ -538,7 +538,7 @@ impl<'a> ParsedToken<'a> {
     ) -> Result<VerifiedClaims, VerifyError> {
         let parts = &mut self.parts;
         if parts.unverified_payload.is_empty() {
-            return Err(VerifyError::Malformed("the payload is not base64url JSON"));
+            return Err(VerifyError::Malformed("the payload was already taken by an earlier verification"));
         }
         let alg = allowed_algorithm(&parts.unverified.unverified_alg, &issuer.algorithms)?;
         let (index, jwk) = select_key(&keys.jwks, parts.unverified.unverified_kid.as_deref(), alg)?;

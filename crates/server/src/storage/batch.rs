@@ -162,7 +162,8 @@ fn run<W: BatchWriter>(mut writer: W, mut jobs: mpsc::Receiver<Job>) {
     let mut replies = Vec::with_capacity(MAX_BATCH);
     let mut closing = None;
     let mut purge: Option<Purging> = None;
-    let mut last_commit = std::time::Instant::now() - MIN_COMMIT_INTERVAL;
+    let opened = std::time::Instant::now();
+    let mut last_commit = opened.checked_sub(MIN_COMMIT_INTERVAL).unwrap_or(opened);
     while closing.is_none() {
         // Block for the first job (unless a purge is under way), let the
         // queue fill for what is left of the commit interval, then take
