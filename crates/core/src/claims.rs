@@ -9,6 +9,98 @@ use serde_json::{Map, Value};
 
 use crate::issuer::IssuerKind;
 
+/// The claims of one token by name: each name once, in name order.
+///
+/// A vector sorted once rather than a `BTreeMap<String, Value>`: a token's
+/// 20-40 claims are inserted once and then only looked up, and building the
+/// tree (a node per few claims, every insert a search) was most of what
+/// parsing a payload cost. When a name appears more than once, the last
+/// one counts, as with a map (RFC 7519 §4 allows either that or a refusal).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims {
+    entries: Vec<(String, Value)>,
+}
+
+impl Claims {
+    /// The claim called `name`.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        let found = self.entries.binary_search_by(|(key, _)| key.as_str().cmp(name)).ok()?;
+        self.entries.get(found).map(|(_, value)| value)
+    }
+
+    /// Whether there is a claim called `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// How many claims there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every claim, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries.iter().map(|(key, value)| (key.as_str(), value))
+    }
+
+    /// The claims as a JSON object.
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.entries.iter().cloned().collect()
+    }
+
+    /// Claims in the order they came, duplicates allowed: sorted by name,
+    /// and of each name the last kept.
+    fn from_entries(mut entries: Vec<(String, Value)>) -> Claims {
+        // Stable: among equal names the later one stays later.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            std::mem::swap(later, kept);
+            true
+        });
+        Claims { entries }
+    }
+}
+
+impl From<Map<String, Value>> for Claims {
+    fn from(map: Map<String, Value>) -> Claims {
+        Claims::from_entries(map.into_iter().collect())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = Claims;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Claims, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(32).min(64));
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Claims::from_entries(entries))
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+impl serde::Serialize for Claims {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
 /// Verified claims of one OIDC subject token. Private fields: the only way in
 /// is verification.
 #[derive(Debug, Clone)]
@@ -20,7 +112,7 @@ pub struct VerifiedClaims {
     pub(crate) sub: String,
     pub(crate) iat: i64,
     pub(crate) exp: i64,
-    pub(crate) claims: Map<String, Value>,
+    pub(crate) claims: Claims,
 }
 
 impl VerifiedClaims {
@@ -77,7 +169,7 @@ impl VerifiedClaims {
     }
 
     /// All claims, for audit records and `policy test` output.
-    pub fn all(&self) -> &Map<String, Value> {
+    pub fn all(&self) -> &Claims {
         &self.claims
     }
 
@@ -86,6 +178,7 @@ impl VerifiedClaims {
     /// operator typed in (no token exists there to verify). Never call it on
     /// the exchange path.
     pub fn from_trusted_claims_file(issuer_name: &str, issuer_kind: IssuerKind, claims: Map<String, Value>) -> Self {
+        let claims = Claims::from(claims);
         let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
         let num = |k: &str| claims.get(k).and_then(Value::as_i64).unwrap_or_default();
         VerifiedClaims {
@@ -98,5 +191,40 @@ impl VerifiedClaims {
             exp: num("exp"),
             claims,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn claims_parse_into_name_order_and_the_last_of_a_repeated_name_counts() {
+        let claims: Claims =
+            serde_json::from_str(r#"{"sub":"a","iss":"x","aud":["y"],"sub":"b","n":1,"iss":"z"}"#).expect("an object");
+        assert_eq!(claims.iter().map(|(k, _)| k).collect::<Vec<_>>(), ["aud", "iss", "n", "sub"]);
+        assert_eq!(claims.get("sub"), Some(&json!("b")));
+        assert_eq!(claims.get("iss"), Some(&json!("z")));
+        assert_eq!(claims.get("n"), Some(&json!(1)));
+        assert_eq!(claims.get("absent"), None);
+        assert!(claims.contains_key("aud"));
+        // The same as serde_json's own map, which keeps the last duplicate.
+        let map: Map<String, Value> =
+            serde_json::from_str(r#"{"sub":"a","iss":"x","aud":["y"],"sub":"b","n":1,"iss":"z"}"#).expect("an object");
+        assert_eq!(claims.to_map(), map);
+        assert_eq!(Claims::from(map.clone()), claims);
+        assert_eq!(serde_json::to_value(&claims).expect("serializes"), Value::Object(map));
+    }
+
+    #[test]
+    fn only_an_object_is_claims() {
+        for not_an_object in ["[]", "\"iss\"", "1", "null", r#"{"a":1"#, r#"{1:2}"#] {
+            assert!(serde_json::from_str::<Claims>(not_an_object).is_err(), "{not_an_object}");
+        }
+        let empty: Claims = serde_json::from_str("{}").expect("an object");
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
     }
 }

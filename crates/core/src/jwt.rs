@@ -21,7 +21,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::{Map, Value};
 
-use crate::claims::VerifiedClaims;
+use crate::claims::{Claims, VerifiedClaims};
 use crate::issuer::IssuerKind;
 
 /// Default and maximum clock-skew leeway for `exp`, `nbf` and `iat`.
@@ -426,7 +426,7 @@ fn header_fields(unverified_header: &Map<String, Value>) -> Result<(String, Opti
 /// A token taken apart, nothing verified yet.
 struct UnverifiedParts<'a> {
     unverified: UnverifiedToken<'a>,
-    unverified_payload: Map<String, Value>,
+    unverified_payload: Claims,
     /// `b64(header).b64(payload)`: what the signature covers.
     signing_input: &'a str,
     unverified_signature: &'a str,
@@ -435,7 +435,7 @@ struct UnverifiedParts<'a> {
 fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedParts<'_>, VerifyError> {
     let (header_b64, payload_b64, unverified_signature) = split_compact(token, max_token_bytes)?;
     let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
-    let unverified_payload = decode_json_object(payload_b64, PAYLOAD_NOT_JSON)?;
+    let unverified_payload: Claims = decode_json(payload_b64, PAYLOAD_NOT_JSON)?;
     let (unverified_alg, unverified_kid) = header_fields(&unverified_header)?;
     let Some(Value::String(unverified_iss)) = unverified_payload.get("iss") else {
         return Err(VerifyError::Malformed("the payload has no `iss` string"));
@@ -454,6 +454,10 @@ fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedPar
 }
 
 fn decode_json_object(part: &str, what: &'static str) -> Result<Map<String, Value>, VerifyError> {
+    decode_json(part, what)
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, VerifyError> {
     let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| VerifyError::Malformed(what))?;
     serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed(what))
 }
@@ -726,7 +730,7 @@ fn verify_signature(
 
 /// Every claim check after the signature verified.
 fn check_claims(
-    claims: Map<String, Value>,
+    claims: Claims,
     issuer: &IssuerSpec,
     cfg: &VerifyConfig,
     now: i64,
@@ -780,7 +784,7 @@ fn check_claims(
     })
 }
 
-fn required_string(claims: &Map<String, Value>, name: &'static str) -> Result<String, VerifyError> {
+fn required_string(claims: &Claims, name: &'static str) -> Result<String, VerifyError> {
     match claims.get(name) {
         None | Some(Value::Null) => Err(VerifyError::MissingClaim(name)),
         Some(Value::String(s)) if s.is_empty() => Err(VerifyError::InvalidClaim { claim: name, reason: "it is empty" }),
@@ -810,7 +814,7 @@ fn check_audience(aud: Option<&Value>, expected: &str) -> Result<(), VerifyError
 /// A NumericDate claim: absent is `None`; anything but a JSON integer is
 /// refused (GitHub and GitLab send integers; fractions are allowed by RFC
 /// 7519 but would only add rounding questions).
-fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, VerifyError> {
+fn numeric_date(claims: &Claims, name: &'static str) -> Result<Option<i64>, VerifyError> {
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => n

@@ -186,7 +186,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         iss: state.config.public_url.clone(),
         aud: token_audience,
         sub: format!("{}:{}", claims.issuer_name(), claims.sub()),
-        client_id: client_id(&claims),
+        client_id: source,
         iat: now,
         nbf: now,
         exp: expires_at,
