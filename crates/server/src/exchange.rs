@@ -108,7 +108,8 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         ));
     }
 
-    let mut audit = audit_for(&claims, &input, now, caller);
+    let provenance = CiProvenance::from_claims(&claims);
+    let mut audit = audit_for(&claims, &provenance, &input, now, caller);
 
     let Some(loaded) = state.policies.get(&input.org) else {
         let description = format!(
@@ -181,7 +182,6 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     // page per exchange (less to write and sync per commit). The time it
     // reveals is the token's `iat` anyway.
     let jti = uuid::Uuid::now_v7().to_string();
-    let provenance = CiProvenance::from_claims(&claims);
     let writ_claims = WritClaims {
         iss: state.config.public_url.clone(),
         aud: token_audience,
@@ -204,7 +204,9 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         ApiError::internal()
     })?;
 
-    let mut granted = audit.clone();
+    // The denial record is moved into the grant's, not copied: the rare
+    // denials below (replay, pin conflict) build theirs again.
+    let mut granted = audit;
     granted.outcome = Outcome::Granted;
     granted.rule = Some(grant.rule.clone());
     granted.granted_permissions = grant.permissions.clone();
@@ -239,6 +241,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         Err(StorageError::Replay) => {
             let description =
                 "this OIDC token was already exchanged; request a fresh one (each token is accepted once)";
+            let mut audit = audit_for(&claims, &writ_claims.ci, &input, now, caller);
             deny(&mut audit, "invalid_grant", json!([{"replay": claims.jti()}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
@@ -247,6 +250,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
             let description = format!(
                 "{kind} {name} was pinned to id {pinned_id} on first use and this token carries id {presented_id}; if the {kind} was deleted and re-created, an org admin must pin the new id in the policy"
             );
+            let mut audit = audit_for(&claims, &writ_claims.ci, &input, now, caller);
             deny(&mut audit, "invalid_grant", json!([{"pin_conflict": name}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
@@ -349,19 +353,24 @@ fn validate_names(input: &ExchangeInput) -> Result<(), ApiError> {
 
 /// The audit record of this exchange, as far as the claims tell; starts as
 /// a denial and becomes a grant only when everything succeeded.
-fn audit_for(claims: &VerifiedClaims, input: &ExchangeInput, now: i64, caller: &CallerInfo) -> AuditRecord {
-    let ci = CiProvenance::from_claims(claims);
+fn audit_for(
+    claims: &VerifiedClaims,
+    ci: &CiProvenance,
+    input: &ExchangeInput,
+    now: i64,
+    caller: &CallerInfo,
+) -> AuditRecord {
     let mut a = AuditRecord::new(now, caller.request_id.clone(), input.org.clone(), Outcome::Denied);
     a.issuer = Some(claims.issuer_name().to_owned());
     a.subject = Some(claims.sub().to_owned());
     a.subject_jti = Some(claims.jti().to_owned());
-    a.repository = ci.repository;
-    a.repository_id = ci.repository_id;
-    a.ref_ = ci.ref_;
-    a.environment = ci.environment;
-    a.workflow_ref = ci.workflow_ref;
-    a.run_id = ci.run_id;
-    a.actor = ci.actor;
+    a.repository = ci.repository.clone();
+    a.repository_id = ci.repository_id.clone();
+    a.ref_ = ci.ref_.clone();
+    a.environment = ci.environment.clone();
+    a.workflow_ref = ci.workflow_ref.clone();
+    a.run_id = ci.run_id.clone();
+    a.actor = ci.actor.clone();
     a.requested_permissions = input.permissions.clone();
     a.requested_apps = input.apps.clone();
     a.requested_machines = input.machines.clone();

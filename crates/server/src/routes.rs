@@ -122,6 +122,20 @@ fn no_store(mut response: Response) -> Response {
     response
 }
 
+/// A token response: `body` as JSON, not to be cached. Serialized into one
+/// buffer sized for the token up front (axum's `Json` starts at 128 bytes
+/// and grows it several times per response).
+fn token_response<T: Serialize>(body: &T, token_len: usize) -> Response {
+    let mut bytes = Vec::with_capacity(token_len + 512);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => no_store(([(header::CONTENT_TYPE, "application/json")], bytes).into_response()),
+        Err(e) => {
+            tracing::error!("serializing a token response failed: {e}");
+            ApiError::internal().into_response()
+        }
+    }
+}
+
 /// Parses a JSON body, turning every rejection into the one error shape.
 fn parse_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
     let is_json = headers
@@ -188,20 +202,19 @@ pub async fn exchange_json(
     let result = exchange::exchange(&state, input, &caller).await;
     crate::metrics::exchange(started, result.as_ref().err().map(ApiError::code));
     let out: ExchangeOutput = result?;
-    Ok(no_store(
-        Json(ExchangeResponse {
-            token: out.token,
-            token_type: "Bearer",
-            expires_in: out.expires_in,
-            expires_at: rfc3339(out.expires_at),
-            org: out.org,
-            permissions: out.permissions,
-            apps: out.apps,
-            machines: out.machines,
-            rule: out.rule,
-        })
-        .into_response(),
-    ))
+    let token_len = out.token.len();
+    let body = ExchangeResponse {
+        token: out.token,
+        token_type: "Bearer",
+        expires_in: out.expires_in,
+        expires_at: rfc3339(out.expires_at),
+        org: out.org,
+        permissions: out.permissions,
+        apps: out.apps,
+        machines: out.machines,
+        rule: out.rule,
+    };
+    Ok(token_response(&body, token_len))
 }
 
 /// RFC 8693 token exchange (form-encoded)
@@ -268,6 +281,7 @@ pub async fn exchange_form(
     let result = exchange::exchange(&state, input, &caller).await;
     crate::metrics::exchange(started, result.as_ref().err().map(ApiError::code));
     let out = result?;
+    let token_len = out.token.len();
     let body = TokenResponse {
         access_token: out.token,
         issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
@@ -279,7 +293,7 @@ pub async fn exchange_form(
         apps: out.apps,
         machines: out.machines,
     };
-    Ok(no_store(Json(body).into_response()))
+    Ok(token_response(&body, token_len))
 }
 
 /// `POST /oauth/token` response (RFC 8693 §2.2.1), with writ's additions.
