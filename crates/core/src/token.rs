@@ -210,6 +210,9 @@ pub enum MintError {
     /// The crypto library refused to sign.
     #[error("signing the token failed")]
     Sign,
+    /// The encoded token did not fit the buffer sized for it.
+    #[error("encoding the token failed")]
+    Encode,
 }
 
 /// The JOSE header of a writ token; field order is the serialized order.
@@ -234,14 +237,28 @@ pub fn mint(claims: &WritClaims, key: &SigningKey) -> Result<String, MintError> 
     let mut claims_json = Vec::with_capacity(1024);
     serde_json::to_writer(&mut claims_json, claims)?;
 
-    let mut jws = String::with_capacity((header_json.len() + claims_json.len()) * 4 / 3 + 2 + 86 + 8);
-    URL_SAFE_NO_PAD.encode_string(&header_json, &mut jws);
-    jws.push('.');
-    URL_SAFE_NO_PAD.encode_string(&claims_json, &mut jws);
-    let signature = key.key_pair.try_sign(jws.as_bytes()).map_err(|_| MintError::Sign)?;
-    jws.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut jws);
-    Ok(jws)
+    // Encoded straight into one buffer of the final size (`encode_string`
+    // goes through a chunked encoder and copies each chunk again).
+    let signature_len = base64::encoded_len(64, false).unwrap_or(86);
+    let header_len = base64::encoded_len(header_json.len(), false).ok_or(MintError::Encode)?;
+    let claims_len = base64::encoded_len(claims_json.len(), false).ok_or(MintError::Encode)?;
+    let mut jws = vec![0u8; header_len + 1 + claims_len + 1 + signature_len];
+    let signing_input_len = header_len + 1 + claims_len;
+    let (header_b64, rest) = jws.split_at_mut(header_len);
+    URL_SAFE_NO_PAD.encode_slice(&header_json, header_b64).map_err(|_| MintError::Encode)?;
+    let (dot, rest) = rest.split_at_mut(1);
+    dot[0] = b'.';
+    let (claims_b64, rest) = rest.split_at_mut(claims_len);
+    URL_SAFE_NO_PAD.encode_slice(&claims_json, claims_b64).map_err(|_| MintError::Encode)?;
+    rest[0] = b'.';
+    let signature = key.key_pair.try_sign(&jws[..signing_input_len]).map_err(|_| MintError::Sign)?;
+    let signature = signature.as_ref();
+    if base64::encoded_len(signature.len(), false) != Some(signature_len) {
+        return Err(MintError::Sign);
+    }
+    URL_SAFE_NO_PAD.encode_slice(signature, &mut jws[signing_input_len + 1..]).map_err(|_| MintError::Sign)?;
+    // Base64url output is ASCII.
+    String::from_utf8(jws).map_err(|_| MintError::Sign)
 }
 
 /// The public JWK (RFC 8037) of an Ed25519 key:

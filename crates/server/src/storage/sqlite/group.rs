@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
+use rusqlite::{CachedStatement, Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
 
 use super::checkpoint::RestartWanted;
 use super::{PURGE_CHUNK, to_json};
@@ -259,6 +259,7 @@ fn write_all(
     // callers all get that error and none of them a token.
     let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(map_err)?;
     let mut results = Vec::with_capacity(writes.len());
+    let mut statements = Statements::new(&tx)?;
     for write in writes {
         let result = match write {
             Write::Exchange(rec) => {
@@ -268,18 +269,22 @@ fn write_all(
                     results.push(Err(StorageError::Replay));
                     continue;
                 }
-                let result =
-                    if rec.new_pins.is_empty() { write_exchange(&tx, rec)? } else { write_with_pins(&tx, rec)? };
+                let result = if rec.new_pins.is_empty() {
+                    write_exchange(&mut statements, rec)?
+                } else {
+                    write_with_pins(&tx, &mut statements, rec)?
+                };
                 if result.is_ok() {
                     index.seen.insert(key);
                     added.push(key);
                 }
                 result
             }
-            Write::Denial(audit) => insert_audit(&tx, audit).map(Ok)?,
+            Write::Denial(audit) => insert_audit(&mut statements.audit, audit).map(Ok)?,
         };
         results.push(result);
     }
+    drop(statements);
     tx.commit().map_err(map_err)?;
     Ok(results)
 }
@@ -336,28 +341,62 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
+/// The statements every exchange runs, taken from the connection's cache
+/// once per batch: looking each one up by its SQL text for every write
+/// (hashing the text, moving it out of the cache and back) cost about as
+/// much as binding its parameters.
+struct Statements<'c> {
+    used_jti: CachedStatement<'c>,
+    audit: CachedStatement<'c>,
+    issued: CachedStatement<'c>,
+}
+
+impl<'c> Statements<'c> {
+    fn new(tx: &'c Transaction<'_>) -> Result<Statements<'c>, StorageError> {
+        Ok(Statements {
+            used_jti: tx
+                .prepare_cached("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?1, ?2, ?3)")
+                .map_err(map_err)?,
+            audit: tx.prepare_cached(super::audit_insert_sql()).map_err(map_err)?,
+            issued: tx
+                .prepare_cached(
+                    "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(map_err)?,
+        })
+    }
+}
+
 /// Writes one exchange without pins. The outer `Result` fails the batch;
 /// the inner one is this exchange's own outcome (a replay).
-fn write_exchange(tx: &Transaction<'_>, rec: &ExchangeRecord) -> Result<Result<(), StorageError>, StorageError> {
-    if let Err(replay) = insert_used_jti(tx, rec)? {
+fn write_exchange(
+    statements: &mut Statements<'_>,
+    rec: &ExchangeRecord,
+) -> Result<Result<(), StorageError>, StorageError> {
+    if let Err(replay) = insert_used_jti(&mut statements.used_jti, rec)? {
         return Ok(Err(replay));
     }
-    insert_audit(tx, &rec.audit)?;
-    insert_issued(tx, rec)?;
+    insert_audit(&mut statements.audit, &rec.audit)?;
+    insert_issued(&mut statements.issued, rec)?;
     Ok(Ok(()))
 }
 
 /// Writes one exchange that records pins, under its own savepoint: a replay
 /// or pin conflict undoes this exchange only.
-fn write_with_pins(tx: &Transaction<'_>, rec: &ExchangeRecord) -> Result<Result<(), StorageError>, StorageError> {
+fn write_with_pins(
+    tx: &Transaction<'_>,
+    statements: &mut Statements<'_>,
+    rec: &ExchangeRecord,
+) -> Result<Result<(), StorageError>, StorageError> {
     tx.execute_batch("SAVEPOINT exchange").map_err(map_err)?;
     let outcome = (|| {
-        insert_used_jti(tx, rec)??;
+        insert_used_jti(&mut statements.used_jti, rec)??;
         for pin in &rec.new_pins {
             insert_pin(tx, pin)??;
         }
-        insert_audit(tx, &rec.audit)?;
-        insert_issued(tx, rec)?;
+        insert_audit(&mut statements.audit, &rec.audit)?;
+        insert_issued(&mut statements.issued, rec)?;
         Ok::<_, StorageError>(Ok(()))
     })();
     match outcome {
@@ -374,10 +413,11 @@ fn write_with_pins(tx: &Transaction<'_>, rec: &ExchangeRecord) -> Result<Result<
 }
 
 /// Consumes the subject token's `jti`; `Ok(Err(Replay))` when it was used.
-fn insert_used_jti(tx: &Transaction<'_>, rec: &ExchangeRecord) -> Result<Result<(), StorageError>, StorageError> {
+fn insert_used_jti(
+    insert: &mut CachedStatement<'_>,
+    rec: &ExchangeRecord,
+) -> Result<Result<(), StorageError>, StorageError> {
     let j = &rec.used_jti;
-    let mut insert =
-        tx.prepare_cached("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?1, ?2, ?3)").map_err(map_err)?;
     match insert.execute(params![j.issuer, j.jti, j.expires_at]) {
         Ok(_) => Ok(Ok(())),
         Err(e) if is_unique_violation(&e) => Ok(Err(StorageError::Replay)),
@@ -385,14 +425,8 @@ fn insert_used_jti(tx: &Transaction<'_>, rec: &ExchangeRecord) -> Result<Result<
     }
 }
 
-fn insert_issued(tx: &Transaction<'_>, rec: &ExchangeRecord) -> Result<(), StorageError> {
+fn insert_issued(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord) -> Result<(), StorageError> {
     let t = &rec.issued;
-    let mut insert = tx
-        .prepare_cached(
-            "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .map_err(map_err)?;
     insert
         .execute(params![t.jti, t.org, t.subject, t.repository, t.run_id, t.rule, t.issued_at, t.expires_at])
         .map_err(map_err)?;
@@ -424,9 +458,7 @@ fn insert_pin(tx: &Transaction<'_>, pin: &Pin) -> Result<Result<(), StorageError
     }
 }
 
-fn insert_audit(tx: &Transaction<'_>, a: &AuditRecord) -> Result<(), StorageError> {
-    let sql = super::audit_insert_sql();
-    let mut insert = tx.prepare_cached(sql).map_err(map_err)?;
+fn insert_audit(insert: &mut CachedStatement<'_>, a: &AuditRecord) -> Result<(), StorageError> {
     let explanation = a.explanation.as_ref().map(to_json).transpose()?;
     insert
         .execute(params![
