@@ -86,7 +86,7 @@ pub struct GroupCommit {
 enum Job {
     Write {
         write: Write,
-        reply: oneshot::Sender<Result<(), StorageError>>,
+        reply: oneshot::Sender<(Result<(), StorageError>, Write)>,
     },
     /// Delete the replay records that expired before `now`.
     Purge {
@@ -123,7 +123,12 @@ impl GroupCommit {
     pub async fn write(&self, write: Write) -> Result<(), StorageError> {
         let (reply, answer) = oneshot::channel();
         self.queue.send(Job::Write { write, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        // The write comes back with its result and is freed here, by the
+        // thread that most likely allocated it: its few dozen strings freed
+        // on the writer thread instead had the allocator hand each back
+        // across threads.
+        let (result, _write) = answer.await.map_err(|_| stopped())?;
+        result
     }
 
     /// Deletes the replay records that expired before `now`, a chunk at a
@@ -234,9 +239,9 @@ fn run<W: BatchWriter>(mut writer: W, mut jobs: mpsc::Receiver<Job>) {
         tracing::debug!(writes = writes.len(), micros = started.elapsed().as_micros() as u64, "group commit");
         match written {
             Ok(results) if results.len() == writes.len() => {
-                for (reply, result) in replies.drain(..).zip(results) {
+                for ((reply, result), write) in replies.drain(..).zip(results).zip(writes.drain(..)) {
                     // A caller that stopped waiting needs no answer.
-                    let _ = reply.send(result);
+                    let _ = reply.send((result, write));
                 }
             }
             Ok(results) => {
@@ -245,13 +250,14 @@ fn run<W: BatchWriter>(mut writer: W, mut jobs: mpsc::Receiver<Job>) {
                     results = results.len(),
                     "batch writer answered the wrong count"
                 );
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(StorageError::other("storage batch writer answered the wrong count")));
+                for (reply, write) in replies.drain(..).zip(writes.drain(..)) {
+                    let _ =
+                        reply.send((Err(StorageError::other("storage batch writer answered the wrong count")), write));
                 }
             }
             Err(e) => {
-                for reply in replies.drain(..) {
-                    let _ = reply.send(Err(copy_error(&e)));
+                for (reply, write) in replies.drain(..).zip(writes.drain(..)) {
+                    let _ = reply.send((Err(copy_error(&e)), write));
                 }
             }
         }
