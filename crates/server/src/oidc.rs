@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
+use arc_swap::ArcSwapOption;
 use jsonwebtoken::AlgorithmFamily;
 use jsonwebtoken::jwk::JwkSet;
 use tokio::task::JoinHandle;
@@ -112,11 +113,6 @@ struct Inner {
     by_url: HashMap<String, usize>,
     client: reqwest::Client,
     limits: FetchLimits,
-    /// The last good keys of each discovery issuer, keyed by index. Bounded
-    /// by the number of configured issuers. Deliberately without time-based
-    /// eviction: an expired entry would throw away the keys that
-    /// stale-while-down serves during an outage.
-    cache: moka::future::Cache<usize, Arc<Snapshot>>,
 }
 
 /// Never-attempted marker for [`Issuer::last_attempt`].
@@ -126,6 +122,11 @@ struct Issuer {
     spec: IssuerSpec,
     /// The `jwks_file` keys, for pinned issuers.
     pinned: Option<KeySet>,
+    /// The last good keys of a discovery issuer. Deliberately without
+    /// expiry: dropping them would throw away the keys that
+    /// stale-while-down serves during an outage. One atomic load per
+    /// exchange (a general-purpose cache here had bookkeeping on every read).
+    keys: ArcSwapOption<Snapshot>,
     /// Held for the duration of a fetch, so concurrent refreshes of one
     /// issuer coalesce into one request.
     fetch_lock: tokio::sync::Mutex<()>,
@@ -199,6 +200,7 @@ impl Issuers {
             issuers.push(Issuer {
                 spec,
                 pinned,
+                keys: ArcSwapOption::empty(),
                 fetch_lock: tokio::sync::Mutex::new(()),
                 last_attempt: AtomicI64::new(NEVER),
                 generation: AtomicU64::new(0),
@@ -214,8 +216,7 @@ impl Issuers {
             .user_agent(concat!("writ/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client for issuer discovery")?;
-        let cache = moka::future::Cache::builder().max_capacity(issuers.len() as u64).build();
-        Ok(Issuers { inner: Arc::new(Inner { issuers, by_url, client, limits, cache }) })
+        Ok(Issuers { inner: Arc::new(Inner { issuers, by_url, client, limits }) })
     }
 
     /// The issuer configured under `name`.
@@ -312,7 +313,7 @@ impl Issuers {
     /// The cached keys of a discovery issuer, fetching them on first use;
     /// starts a background refresh when they are older than `max_age`.
     async fn current_keys(&self, index: usize, now: i64) -> Result<Arc<Snapshot>, VerifyError> {
-        if let Some(snapshot) = self.inner.cache.get(&index).await {
+        if let Some(snapshot) = self.inner.issuers[index].keys.load_full() {
             if now.saturating_sub(snapshot.fetched_at) > secs(self.inner.limits.max_age) {
                 self.spawn_refresh(index, Some(snapshot.generation), now);
             }
@@ -337,7 +338,7 @@ impl Issuers {
     async fn refresh(&self, index: usize, seen: Option<u64>, now: i64) -> Option<Arc<Snapshot>> {
         let issuer = &self.inner.issuers[index];
         let _fetching = issuer.fetch_lock.lock().await;
-        let cached = self.inner.cache.get(&index).await;
+        let cached = issuer.keys.load_full();
         if let Some(snapshot) = &cached
             && Some(snapshot.generation) != seen
         {
@@ -353,7 +354,7 @@ impl Issuers {
             Ok(keys) => {
                 let generation = issuer.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 let snapshot = Arc::new(Snapshot { keys: KeySet::new(keys), fetched_at: now, generation });
-                self.inner.cache.insert(index, snapshot.clone()).await;
+                issuer.keys.store(Some(snapshot.clone()));
                 if issuer.failing.swap(false, Ordering::AcqRel) {
                     tracing::info!(issuer = %name, "keys of issuer {name} fetched again after failures");
                 }
