@@ -19,7 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::claims::{Claims, VerifiedClaims};
 use crate::issuer::IssuerKind;
@@ -330,11 +330,11 @@ impl VerifyError {
 /// will verify the token parses it once with [`ParsedToken::parse`].
 pub fn peek_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedToken<'_>, VerifyError> {
     let (header_b64, payload_b64, _) = split_compact(token, max_token_bytes)?;
-    let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
+    let unverified_header: JoseHeader = decode_json(header_b64, "the header is not base64url JSON")?;
     let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
     let PeekedIss(unverified_iss) =
         serde_json::from_slice(&payload).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
-    let (unverified_alg, unverified_kid) = header_fields(&unverified_header)?;
+    let (unverified_alg, unverified_kid) = header_fields(unverified_header)?;
     let Some(unverified_iss) = unverified_iss else {
         return Err(VerifyError::Malformed("the payload has no `iss` string"));
     };
@@ -408,19 +408,88 @@ fn split_compact(token: &str, max_token_bytes: usize) -> Result<(&str, &str, &st
 }
 
 /// The header's `alg` and `kid`, refusing `crit` (RFC 7515 §4.1.11).
-fn header_fields(unverified_header: &Map<String, Value>) -> Result<(String, Option<String>), VerifyError> {
-    if unverified_header.contains_key("crit") {
+fn header_fields(unverified_header: JoseHeader) -> Result<(String, Option<String>), VerifyError> {
+    if unverified_header.crit {
         return Err(VerifyError::CriticalHeader);
     }
-    let Some(Value::String(unverified_alg)) = unverified_header.get("alg") else {
+    let Some(Value::String(unverified_alg)) = unverified_header.alg else {
         return Err(VerifyError::Malformed("the header has no `alg` string"));
     };
-    let unverified_kid = match unverified_header.get("kid") {
+    let unverified_kid = match unverified_header.kid {
         None => None,
-        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(Value::String(kid)) => Some(kid),
         Some(_) => return Err(VerifyError::Malformed("the header's `kid` is not a string")),
     };
-    Ok((unverified_alg.clone(), unverified_kid))
+    Ok((unverified_alg, unverified_kid))
+}
+
+/// The members of a JOSE header that verification reads, parsed without
+/// building a map of every member: `alg` and `kid` as given (the last of
+/// duplicates, like a map), and whether `crit` is present at all.
+#[derive(Default)]
+struct JoseHeader {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    crit: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for JoseHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = JoseHeader;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JoseHeader, A::Error> {
+                let mut header = JoseHeader::default();
+                while let Some(key) = map.next_key::<HeaderKey>()? {
+                    match key {
+                        HeaderKey::Alg => header.alg = Some(map.next_value()?),
+                        HeaderKey::Kid => header.kid = Some(map.next_value()?),
+                        HeaderKey::Crit => {
+                            header.crit = true;
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                        HeaderKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(header)
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+/// Which header member a key names, decided without allocating the key.
+enum HeaderKey {
+    Alg,
+    Kid,
+    Crit,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for HeaderKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = HeaderKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<HeaderKey, E> {
+                Ok(match key {
+                    "alg" => HeaderKey::Alg,
+                    "kid" => HeaderKey::Kid,
+                    "crit" => HeaderKey::Crit,
+                    _ => HeaderKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
 }
 
 /// A token taken apart, nothing verified yet.
@@ -434,9 +503,9 @@ struct UnverifiedParts<'a> {
 
 fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedParts<'_>, VerifyError> {
     let (header_b64, payload_b64, unverified_signature) = split_compact(token, max_token_bytes)?;
-    let unverified_header = decode_json_object(header_b64, "the header is not base64url JSON")?;
+    let unverified_header: JoseHeader = decode_json(header_b64, "the header is not base64url JSON")?;
     let unverified_payload: Claims = decode_json(payload_b64, PAYLOAD_NOT_JSON)?;
-    let (unverified_alg, unverified_kid) = header_fields(&unverified_header)?;
+    let (unverified_alg, unverified_kid) = header_fields(unverified_header)?;
     let Some(Value::String(unverified_iss)) = unverified_payload.get("iss") else {
         return Err(VerifyError::Malformed("the payload has no `iss` string"));
     };
@@ -451,10 +520,6 @@ fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedPar
         unverified_payload,
         unverified_signature,
     })
-}
-
-fn decode_json_object(part: &str, what: &'static str) -> Result<Map<String, Value>, VerifyError> {
-    decode_json(part, what)
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, VerifyError> {
@@ -874,6 +939,36 @@ mod tests {
                 .map(|t| t.unverified_iss),
             Ok("https://b".to_owned())
         );
+    }
+
+    /// The header is read for `alg`, `kid` and the presence of `crit`
+    /// only, with a map's rules: the last of duplicates, escaped keys
+    /// unescaped, anything that is not an object refused.
+    #[test]
+    fn the_header_yields_alg_and_kid_and_refuses_crit() {
+        let payload = hostile::b64_json(&json!({"iss": "https://a"}));
+        let header = |text: &str| {
+            peek_unverified(&hostile::raw(&hostile::b64(text.as_bytes()), &payload, "sig"), DEFAULT_MAX_TOKEN_BYTES)
+                .map(|t| (t.unverified_alg, t.unverified_kid))
+        };
+        let ok = |alg: &str, kid: Option<&str>| Ok((alg.to_owned(), kid.map(str::to_owned)));
+        assert_eq!(header(r#"{"alg":"RS256","kid":"k","typ":"JWT","x5t":"t"}"#), ok("RS256", Some("k")));
+        assert_eq!(header(r#"{"alg":"RS256"}"#), ok("RS256", None));
+        assert_eq!(header(r#"{"alg":"HS256","kid":"a","alg":"RS256","kid":"b"}"#), ok("RS256", Some("b")));
+        assert_eq!(header(r#"{"\u0061lg":"RS256","k\u0069d":"k"}"#), ok("RS256", Some("k")));
+        assert_eq!(header(r#"{"alg":"RS256","nested":{"crit":["x"]}}"#), ok("RS256", None));
+        for crit in [r#"{"alg":"RS256","crit":["exp"]}"#, r#"{"crit":null,"alg":"RS256"}"#] {
+            assert_eq!(header(crit), Err(VerifyError::CriticalHeader), "{crit}");
+        }
+        for (text, reason) in [
+            (r#"{"kid":"k"}"#, "the header has no `alg` string"),
+            (r#"{"alg":256}"#, "the header has no `alg` string"),
+            (r#"{"alg":"RS256","kid":7}"#, "the header's `kid` is not a string"),
+            (r#"["RS256"]"#, "the header is not base64url JSON"),
+            (r#"{"alg":"RS256""#, "the header is not base64url JSON"),
+        ] {
+            assert_eq!(header(text), Err(VerifyError::Malformed(reason)), "{text}");
+        }
     }
 
     fn keys() -> JwkSet {
