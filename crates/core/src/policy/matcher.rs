@@ -9,8 +9,16 @@ pub(crate) fn fold(s: &str) -> String {
     s.chars().flat_map(char::to_lowercase).collect()
 }
 
-/// `fold(candidate) == folded`, without allocating.
+/// `fold(candidate) == folded`, without allocating. An ASCII candidate
+/// (the usual repository, branch or environment name) folds byte by byte;
+/// any other goes through Unicode lowercasing, under which some non-ASCII
+/// characters become ASCII ones (the Kelvin sign `K` is `k`).
 fn fold_eq(candidate: &str, folded: &str) -> bool {
+    if candidate.is_ascii() {
+        // `folded` is lowercase already, so folding both sides is the same
+        // as folding the candidate.
+        return candidate.eq_ignore_ascii_case(folded);
+    }
     candidate.chars().flat_map(char::to_lowercase).eq(folded.chars())
 }
 
@@ -267,6 +275,37 @@ pub(crate) fn render_wanted<I: IntoIterator<Item = String>>(values: I) -> String
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn fold_eq_is_folding_then_comparing() {
+        let names = [
+            "acme/web",
+            "Acme/Web",
+            "ACME/WEB",
+            "acme/we",
+            "acme/webb",
+            "",
+            "a",
+            "Straße",
+            "STRASSE",
+            "straße",
+            "\u{212A}elvin",
+            "kelvin",
+            "KELVIN",
+            "İstanbul",
+            "i\u{307}stanbul",
+            "istanbul",
+            "Ωmega",
+            "ωmega",
+        ];
+        for candidate in names {
+            for text in names {
+                let folded = fold(text);
+                assert_eq!(fold_eq(candidate, &folded), fold(candidate) == folded, "{candidate:?} against {text:?}");
+            }
+        }
+        assert!(fold_eq("\u{212A}elvin", "kelvin"), "the Kelvin sign folds to an ASCII k");
+    }
 
     fn pat(text: &str) -> Pattern {
         let (p, problem) = Pattern::compile(text, false);
