@@ -538,7 +538,14 @@ impl Storage for SqliteStore {
         let mut pins = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (kind, name) in keys {
-            match self.pins.get(issuer, *kind, &name.to_lowercase()) {
+            // Names arrive lowercased already (`exchange::pin_keys`); folding
+            // again only when needed saves an allocation per name.
+            let folded: std::borrow::Cow<'_, str> = if name.chars().flat_map(char::to_lowercase).eq(name.chars()) {
+                name.as_str().into()
+            } else {
+                name.to_lowercase().into()
+            };
+            match self.pins.get(issuer, *kind, &folded) {
                 Some(pin) => pins.push(pin),
                 None => missing.push((kind, name)),
             }
