@@ -105,21 +105,33 @@ const PIN_CACHE_CAPACITY: usize = 100_000;
 /// transactional check in `insert_pin` holds regardless.
 #[derive(Debug, Default)]
 struct PinCache {
-    pins: RwLock<HashMap<(String, PinKind, String), Pin>>,
+    pins: RwLock<PinMap>,
+}
+
+/// Issuer, then kind, then name: a lookup borrows its `&str`s instead of
+/// building an owned `(issuer, kind, name)` key (two allocations per name
+/// and exchange).
+#[derive(Debug, Default)]
+struct PinMap {
+    by_issuer: HashMap<String, HashMap<PinKind, HashMap<String, Pin>>>,
+    len: usize,
 }
 
 impl PinCache {
     fn get(&self, issuer: &str, kind: PinKind, name: &str) -> Option<Pin> {
         let pins = self.pins.read().unwrap_or_else(PoisonError::into_inner);
-        pins.get(&(issuer.to_owned(), kind, name.to_owned())).cloned()
+        pins.by_issuer.get(issuer)?.get(&kind)?.get(name).cloned()
     }
 
     fn insert(&self, pin: &Pin) {
         let mut pins = self.pins.write().unwrap_or_else(PoisonError::into_inner);
-        if pins.len() >= PIN_CACHE_CAPACITY {
-            pins.clear();
+        if pins.len >= PIN_CACHE_CAPACITY {
+            *pins = PinMap::default();
         }
-        pins.insert((pin.issuer.clone(), pin.kind, pin.name.clone()), pin.clone());
+        let names = pins.by_issuer.entry(pin.issuer.clone()).or_default().entry(pin.kind).or_default();
+        if names.insert(pin.name.clone(), pin.clone()).is_none() {
+            pins.len += 1;
+        }
     }
 }
 
@@ -1025,6 +1037,37 @@ mod tests {
         store.close().await;
         assert!(matches!(store.ping().await, Err(StorageError::Unavailable(_))));
         assert!(matches!(store.record_exchange(suite::exchange("j", "t", 1)).await, Err(StorageError::Unavailable(_))));
+    }
+
+    /// The pin cache answers by issuer, kind and name exactly, and starts
+    /// over when full.
+    #[test]
+    fn the_pin_cache_keys_on_issuer_kind_and_name() {
+        let cache = PinCache::default();
+        let pin = |issuer: &str, kind, name: &str, id: &str| Pin {
+            issuer: issuer.to_owned(),
+            kind,
+            name: name.to_owned(),
+            id: id.to_owned(),
+            created_at: 1,
+        };
+        cache.insert(&pin("https://a", PinKind::Repository, "acme/web", "1"));
+        cache.insert(&pin("https://a", PinKind::Owner, "acme", "2"));
+        cache.insert(&pin("https://b", PinKind::Repository, "acme/web", "3"));
+        cache.insert(&pin("https://b", PinKind::Repository, "acme/web", "3"));
+        let id = |issuer, kind, name| cache.get(issuer, kind, name).map(|p| p.id);
+        assert_eq!(id("https://a", PinKind::Repository, "acme/web").as_deref(), Some("1"));
+        assert_eq!(id("https://a", PinKind::Owner, "acme").as_deref(), Some("2"));
+        assert_eq!(id("https://b", PinKind::Repository, "acme/web").as_deref(), Some("3"));
+        assert_eq!(id("https://a", PinKind::Owner, "acme/web"), None);
+        assert_eq!(id("https://a", PinKind::Repository, "acme/api"), None);
+        assert_eq!(id("https://c", PinKind::Repository, "acme/web"), None);
+        assert_eq!(cache.pins.read().expect("lock").len, 3, "a pin cached twice counts once");
+        for i in 0..PIN_CACHE_CAPACITY {
+            cache.insert(&pin("https://a", PinKind::Repository, &format!("acme/{i}"), "x"));
+        }
+        assert!(cache.pins.read().expect("lock").len <= PIN_CACHE_CAPACITY);
+        assert_eq!(id("https://b", PinKind::Repository, "acme/web"), None, "a full cache started over");
     }
 
     /// Concurrent exchanges without new pins take the bulk path of group
