@@ -237,28 +237,27 @@ pub fn mint(claims: &WritClaims, key: &SigningKey) -> Result<String, MintError> 
     let mut claims_json = Vec::with_capacity(1024);
     serde_json::to_writer(&mut claims_json, claims)?;
 
-    // Encoded straight into one buffer of the final size (`encode_string`
-    // goes through a chunked encoder and copies each chunk again).
-    let signature_len = base64::encoded_len(64, false).unwrap_or(86);
+    // Encoded straight into one buffer (`encode_string` goes through a
+    // chunked encoder and copies each chunk again). Filled with dots, so
+    // the two separators are in place once each part is encoded into its
+    // slice; the capacity leaves room for the signature (64 bytes, 86 in
+    // base64url).
     let header_len = base64::encoded_len(header_json.len(), false).ok_or(MintError::Encode)?;
     let claims_len = base64::encoded_len(claims_json.len(), false).ok_or(MintError::Encode)?;
-    let mut jws = vec![0u8; header_len + 1 + claims_len + 1 + signature_len];
     let signing_input_len = header_len + 1 + claims_len;
-    let (header_b64, rest) = jws.split_at_mut(header_len);
-    URL_SAFE_NO_PAD.encode_slice(&header_json, header_b64).map_err(|_| MintError::Encode)?;
-    let (dot, rest) = rest.split_at_mut(1);
-    dot[0] = b'.';
-    let (claims_b64, rest) = rest.split_at_mut(claims_len);
-    URL_SAFE_NO_PAD.encode_slice(&claims_json, claims_b64).map_err(|_| MintError::Encode)?;
-    rest[0] = b'.';
+    let mut jws = Vec::with_capacity(signing_input_len + 1 + 86);
+    jws.resize(signing_input_len + 1, b'.');
+    URL_SAFE_NO_PAD.encode_slice(&header_json, &mut jws[..header_len]).map_err(|_| MintError::Encode)?;
+    URL_SAFE_NO_PAD
+        .encode_slice(&claims_json, &mut jws[header_len + 1..signing_input_len])
+        .map_err(|_| MintError::Encode)?;
     let signature = key.key_pair.try_sign(&jws[..signing_input_len]).map_err(|_| MintError::Sign)?;
     let signature = signature.as_ref();
-    if base64::encoded_len(signature.len(), false) != Some(signature_len) {
-        return Err(MintError::Sign);
-    }
-    URL_SAFE_NO_PAD.encode_slice(signature, &mut jws[signing_input_len + 1..]).map_err(|_| MintError::Sign)?;
-    // Base64url output is ASCII.
-    String::from_utf8(jws).map_err(|_| MintError::Sign)
+    let signature_len = base64::encoded_len(signature.len(), false).ok_or(MintError::Encode)?;
+    jws.resize(signing_input_len + 1 + signature_len, b'.');
+    URL_SAFE_NO_PAD.encode_slice(signature, &mut jws[signing_input_len + 1..]).map_err(|_| MintError::Encode)?;
+    // Base64url output and dots are ASCII.
+    String::from_utf8(jws).map_err(|_| MintError::Encode)
 }
 
 /// The public JWK (RFC 8037) of an Ed25519 key:
