@@ -13,6 +13,7 @@ mod load;
 mod procstat;
 mod server;
 mod stats;
+mod tls_front;
 mod tokens;
 
 use std::path::PathBuf;
@@ -107,6 +108,24 @@ struct Args {
     /// it).
     #[arg(long, default_value = "127.0.0.1:0")]
     issuer_listen: std::net::SocketAddr,
+    /// Serve the fake issuer over HTTPS with this PEM certificate chain
+    /// (and --issuer-tls-key), for a --server that only accepts https://
+    /// issuers; that server must trust the certificate.
+    #[arg(long, requires_all = ["issuer_tls_key", "server"])]
+    issuer_tls_cert: Option<PathBuf>,
+    /// The PEM private key of --issuer-tls-cert.
+    #[arg(long, requires = "issuer_tls_cert")]
+    issuer_tls_key: Option<PathBuf>,
+    /// For a --server that binds each assertion to a nonce it minted: before
+    /// minting each token, POST to this path and put the `nonce` of the JSON
+    /// answer into the token's `nonce` claim. Not with --soak.
+    #[arg(long, requires = "server", conflicts_with = "soak")]
+    nonce_path: Option<String>,
+    /// Claims added to every minted token, as a JSON object (for example
+    /// `{"email":"ci@acme.test","email_verified":true}` for a server that
+    /// registers users by verified email).
+    #[arg(long, value_parser = parse_claims)]
+    extra_claims: Option<serde_json::Map<String, Value>>,
     /// The exchange path.
     #[arg(long, default_value = "/v1/exchange")]
     path: String,
@@ -173,16 +192,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if load > cpus as f64 / 2.0 {
         println!("  note: the machine is busy; figures are noisy (ratios within this run stay comparable)");
     }
-    let issuer = FakeIssuer::start_on(IssuerShape::GitHub, args.issuer_listen).await?;
-    let under = start_server(&args, &issuer).await?;
+    let (issuer, issuer_url, _front) = start_issuer(&args).await?;
+    let under = start_server(&args, &issuer_url).await?;
     println!("server: {}", under.description);
 
     let shape = TokenShape {
-        issuer: issuer.url(),
+        issuer: issuer_url.clone(),
         audience: under.audience.clone(),
         repository: args.repository.clone(),
         environment: (!args.environment.is_empty()).then(|| args.environment.clone()),
         lifetime_secs: 900,
+        extra_claims: args.extra_claims.clone().unwrap_or_default(),
         body_template: args.body_template.replace("{org}", &args.org),
     };
     let minter = Minter::new(issuer.current_key(), &shape)?;
@@ -191,7 +211,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Warm-up: the first exchange fetches the issuer's keys and pins the
     // repository's ids; it also yields a real minted token, whose signing
     // input sizes the Ed25519 part of the ceiling.
-    let probe_token = minter.token();
+    let nonces = Nonces { target: under.target.clone(), path: args.nonce_path.clone() };
+    let probe_token = minter.token(nonces.fetch(1).await?.first().map(String::as_str));
     let mut conn = Conn::new(&under.target);
     let probe_body = Bytes::from(shape.body_template.replace("{token}", &probe_token));
     let (status, body) = conn.request(http::Method::POST, &args.path, probe_body).await?;
@@ -227,7 +248,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut best = 0.0_f64;
         let mut closed = Vec::new();
         for &c in &args.concurrency {
-            let bodies = premint(&minter, args.requests, mint_threads).await?;
+            let bodies = premint(&minter, args.requests, mint_threads, &nonces).await?;
             let phase = measure_phase(&under, || {
                 let target = under.target.clone();
                 let bodies = Arc::new(bodies);
@@ -247,7 +268,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
         let rate = if args.rate == "half" { best / 2.0 } else { args.rate.parse::<f64>().context("--rate")? };
         let total = ((rate * args.duration.as_secs_f64()).round() as usize).max(1);
-        let bodies = premint(&minter, total, mint_threads).await?;
+        let bodies = premint(&minter, total, mint_threads, &nonces).await?;
         let source = Arc::new(Source::Premint(Arc::new(bodies)));
         let phase = measure_phase(&under, || {
             let target = under.target.clone();
@@ -300,10 +321,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_server(args: &Args, issuer: &FakeIssuer) -> anyhow::Result<Under> {
+/// The fake issuer, its URL (the tokens' `iss`), and the HTTPS front that
+/// URL names when --issuer-tls-cert is given.
+async fn start_issuer(args: &Args) -> anyhow::Result<(FakeIssuer, String, Option<tls_front::TlsFront>)> {
+    let (Some(cert), Some(key)) = (&args.issuer_tls_cert, &args.issuer_tls_key) else {
+        let issuer = FakeIssuer::start_on(IssuerShape::GitHub, args.issuer_listen).await?;
+        let url = issuer.url();
+        return Ok((issuer, url, None));
+    };
+    let issuer = FakeIssuer::start(IssuerShape::GitHub).await?;
+    let upstream: std::net::SocketAddr = issuer
+        .url()
+        .strip_prefix("http://")
+        .and_then(|a| a.parse().ok())
+        .context("the fake issuer's URL is not http://ADDR")?;
+    let front = tls_front::TlsFront::start(args.issuer_listen, cert, key, upstream).await?;
+    let url = format!("https://{}", front.addr());
+    issuer.set_discovery_issuer(Some(url.clone()));
+    Ok((issuer, url, Some(front)))
+}
+
+async fn start_server(args: &Args, issuer_url: &str) -> anyhow::Result<Under> {
     if let Some(url) = &args.server {
         let (addr, host) = server::loopback_target(url)?;
-        println!("fake issuer for --server: {} (configure it as a trusted issuer)", issuer.url());
+        println!("fake issuer for --server: {issuer_url} (configure it as a trusted issuer)");
         return Ok(Under {
             target: Target { addr, host, path: args.path.clone(), content_type: args.content_type.clone() },
             pid: args.server_pid,
@@ -327,7 +368,7 @@ async fn start_server(args: &Args, issuer: &FakeIssuer) -> anyhow::Result<Under>
     // Waiting for the process blocks; the fake issuer must keep answering
     // the server's discovery meanwhile, so wait off the runtime.
     let (issuer_url, org, repository, environment, rules, dir_owned) = (
-        issuer.url(),
+        issuer_url.to_owned(),
         args.org.clone(),
         args.repository.clone(),
         (!args.environment.is_empty()).then(|| args.environment.clone()),
@@ -381,10 +422,55 @@ fn minted_signing_input(response: &[u8]) -> Vec<u8> {
     }
 }
 
-async fn premint(minter: &Minter, n: usize, threads: usize) -> anyhow::Result<Vec<Bytes>> {
+/// Where nonces come from, for a server that wants one in each token.
+struct Nonces {
+    target: Target,
+    path: Option<String>,
+}
+
+impl Nonces {
+    /// Connections that fetch nonces at once.
+    const CONNECTIONS: usize = 8;
+
+    /// `n` fresh nonces, or none when no --nonce-path was given.
+    async fn fetch(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        let Some(path) = &self.path else { return Ok(Vec::new()) };
+        let mut tasks = tokio::task::JoinSet::new();
+        let per = n.div_ceil(Self::CONNECTIONS);
+        for first in (0..n).step_by(per.max(1)) {
+            let count = per.min(n - first);
+            let (target, path) = (self.target.clone(), path.clone());
+            tasks.spawn(async move {
+                let mut conn = Conn::new(&target);
+                let mut got = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let (status, body) = conn.request(http::Method::POST, &path, Bytes::new()).await?;
+                    let answer: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    match answer.get("nonce").and_then(Value::as_str) {
+                        Some(nonce) if status == 200 => got.push(nonce.to_owned()),
+                        _ => bail!(
+                            "POST {path} answered HTTP {status} without a \"nonce\": {}",
+                            String::from_utf8_lossy(&body).chars().take(300).collect::<String>()
+                        ),
+                    }
+                }
+                Ok((first, got))
+            });
+        }
+        let mut parts = Vec::new();
+        while let Some(part) = tasks.join_next().await {
+            parts.push(part??);
+        }
+        parts.sort_by_key(|(first, _)| *first);
+        Ok(parts.into_iter().flat_map(|(_, got)| got).collect())
+    }
+}
+
+async fn premint(minter: &Minter, n: usize, threads: usize, nonces: &Nonces) -> anyhow::Result<Vec<Bytes>> {
     let minter = minter.clone();
     let started = Instant::now();
-    let bodies = tokio::task::spawn_blocking(move || tokens::premint(&minter, n, threads)).await?;
+    let nonces = nonces.fetch(n).await?;
+    let bodies = tokio::task::spawn_blocking(move || tokens::premint(&minter, n, threads, &nonces)).await?;
     if bodies.len() != n {
         bail!("minted {} of {n} tokens", bodies.len());
     }
@@ -578,6 +664,84 @@ async fn wait_finished<T>(handle: &tokio::task::JoinHandle<T>) {
     }
 }
 
+fn parse_claims(text: &str) -> Result<serde_json::Map<String, Value>, String> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("--extra-claims must be a JSON object, e.g. '{\"email\":\"ci@acme.test\"}'".into()),
+        Err(e) => Err(format!("--extra-claims is not JSON: {e}")),
+    }
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that answers every request on every connection with
+    /// `status` and, for 200, a JSON body holding the next nonce.
+    async fn nonce_server(status: u16) -> Target {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let counter = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        // Requests carry no body: each ends at its blank line.
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let body = if status == 200 {
+                                format!(r#"{{"nonce":"n{}","expires_in":600}}"#, counter.fetch_add(1, Ordering::SeqCst))
+                            } else {
+                                r#"{"error":"nope"}"#.to_owned()
+                            };
+                            let response =
+                                format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                            if socket.write_all(response.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Target { addr, host: addr.to_string(), path: "/token".into(), content_type: "text/plain".into() }
+    }
+
+    #[tokio::test]
+    async fn nonces_are_fetched_once_each_and_none_without_a_path() {
+        let target = nonce_server(200).await;
+        let nonces = Nonces { target: target.clone(), path: Some("/nonce".into()) };
+        let got = nonces.fetch(21).await.expect("nonces");
+        assert_eq!(got.len(), 21);
+        let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+        assert_eq!(distinct.len(), 21, "every token needs its own nonce: {got:?}");
+        assert!(Nonces { target, path: None }.fetch(5).await.expect("no nonces").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_nonce_request_stops_the_run_with_the_answer() {
+        let nonces = Nonces { target: nonce_server(503).await, path: Some("/nonce".into()) };
+        let err = nonces.fetch(3).await.expect_err("must fail").to_string();
+        assert!(err.contains("POST /nonce answered HTTP 503") && err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn extra_claims_must_be_a_json_object() {
+        assert_eq!(parse_claims(r#"{"email":"a@b"}"#).expect("object")["email"], "a@b");
+        assert!(parse_claims("[1]").expect_err("array").contains("must be a JSON object"));
+        assert!(parse_claims("{").expect_err("broken").contains("is not JSON"));
+    }
 }

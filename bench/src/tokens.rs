@@ -43,6 +43,8 @@ pub struct TokenShape {
     pub lifetime_secs: i64,
     /// Request body with `{token}` where the token goes.
     pub body_template: String,
+    /// Claims added to (or replacing) the GitHub-shaped ones.
+    pub extra_claims: serde_json::Map<String, Value>,
 }
 
 impl Minter {
@@ -56,9 +58,13 @@ impl Minter {
         }
         let (prefix, suffix) =
             shape.body_template.split_once("{token}").context("--body-template must contain {token}")?;
+        let mut claims = claims.build();
+        if let Some(map) = claims.as_object_mut() {
+            map.extend(shape.extra_claims.clone());
+        }
         Ok(Minter {
             key,
-            claims: claims.build(),
+            claims,
             lifetime_secs: shape.lifetime_secs,
             body_prefix: prefix.to_owned(),
             body_suffix: suffix.to_owned(),
@@ -71,8 +77,8 @@ impl Minter {
     }
 
     /// A fresh token issued now: new `jti`, `iat = nbf = now`,
-    /// `exp = now + lifetime`.
-    pub fn token(&self) -> String {
+    /// `exp = now + lifetime`, and the `nonce` claim when one is given.
+    pub fn token(&self, nonce: Option<&str>) -> String {
         let now = unix_now();
         let mut claims = self.claims.clone();
         if let Some(map) = claims.as_object_mut() {
@@ -80,13 +86,16 @@ impl Minter {
             map.insert("iat".into(), json!(now));
             map.insert("nbf".into(), json!(now));
             map.insert("exp".into(), json!(now + self.lifetime_secs));
+            if let Some(nonce) = nonce {
+                map.insert("nonce".into(), json!(nonce));
+            }
         }
         self.key.sign(&claims)
     }
 
-    /// A request body holding a fresh token.
-    pub fn body(&self) -> Bytes {
-        let token = self.token();
+    /// A request body holding a fresh token (with `nonce`, if given).
+    pub fn body(&self, nonce: Option<&str>) -> Bytes {
+        let token = self.token(nonce);
         let mut body = String::with_capacity(self.body_prefix.len() + token.len() + self.body_suffix.len());
         body.push_str(&self.body_prefix);
         body.push_str(&token);
@@ -95,15 +104,19 @@ impl Minter {
     }
 }
 
-/// Mints `n` bodies on `threads` threads.
-pub fn premint(minter: &Minter, n: usize, threads: usize) -> Vec<Bytes> {
+/// Mints `n` bodies on `threads` threads; the i-th token carries
+/// `nonces[i]` when `nonces` is not empty.
+pub fn premint(minter: &Minter, n: usize, threads: usize, nonces: &[String]) -> Vec<Bytes> {
     let threads = threads.clamp(1, n.max(1));
     let per = n.div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let count = per.min(n.saturating_sub(t * per));
-                s.spawn(move || (0..count).map(|_| minter.body()).collect::<Vec<_>>())
+                let first = t * per;
+                let count = per.min(n.saturating_sub(first));
+                s.spawn(move || {
+                    (first..first + count).map(|i| minter.body(nonces.get(i).map(String::as_str))).collect::<Vec<_>>()
+                })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
@@ -126,7 +139,7 @@ pub fn stream(
             let stop = stop.clone();
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    if tx.blocking_send(minter.body()).is_err() {
+                    if tx.blocking_send(minter.body(None)).is_err() {
                         break;
                     }
                 }
@@ -138,4 +151,46 @@ pub fn stream(
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn payload(body: &[u8]) -> Value {
+        let text = std::str::from_utf8(body).expect("UTF-8 body");
+        let token = text.strip_prefix("T=").expect("template prefix");
+        let part = token.split('.').nth(1).expect("JWT payload");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).expect("base64url");
+        serde_json::from_slice(&bytes).expect("JSON payload")
+    }
+
+    #[test]
+    fn each_preminted_token_carries_its_own_nonce_and_the_extra_claims() {
+        let mut extra = serde_json::Map::new();
+        extra.insert("email".into(), json!("ci@acme.test"));
+        extra.insert("environment".into(), json!("staging"));
+        let shape = TokenShape {
+            issuer: "https://127.0.0.1:1".into(),
+            audience: "aud".into(),
+            repository: "acme/web".into(),
+            environment: Some("production".into()),
+            lifetime_secs: 60,
+            body_template: "T={token}".into(),
+            extra_claims: extra,
+        };
+        let minter = Minter::new(TestKey::generate("k1"), &shape).expect("minter");
+        let nonces: Vec<String> = (0..7).map(|i| format!("nonce-{i}")).collect();
+        let bodies = premint(&minter, 7, 3, &nonces);
+        let claims: Vec<Value> = bodies.iter().map(|b| payload(b)).collect();
+        for (i, c) in claims.iter().enumerate() {
+            assert_eq!(c["nonce"], json!(format!("nonce-{i}")), "token {i}");
+            assert_eq!(c["email"], "ci@acme.test");
+            assert_eq!(c["environment"], "staging", "extra claims replace the shaped ones");
+            assert_eq!(c["iss"], "https://127.0.0.1:1");
+        }
+        let plain = payload(&premint(&minter, 1, 1, &[])[0]);
+        assert!(plain.get("nonce").is_none(), "no nonce unless one is given");
+    }
 }
