@@ -1103,6 +1103,54 @@ mod tests {
         }
     }
 
+    /// Schema v5 re-keys replay records by arrival (see its migration): the
+    /// records of a version 4 file come along, are still refused as
+    /// replays, and new ones are numbered after them.
+    #[tokio::test]
+    async fn replay_records_of_schema_v4_survive_the_move_to_arrival_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        {
+            let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+                .expect("url")
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open v4");
+            MIGRATOR.run_to(4, &pool).await.expect("schema v4");
+            for (jti, expires_at) in [("old-2", 5_000), ("old-1", 5_000), ("old-0", 4_000)] {
+                sqlx::query("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?, ?, ?)")
+                    .bind(suite::ISSUER)
+                    .bind(jti)
+                    .bind(expires_at)
+                    .execute(&pool)
+                    .await
+                    .expect("v4 record");
+            }
+            pool.close().await;
+        }
+        let store = file_store(&dir).await;
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT jti, expires_at, seq FROM used_jtis ORDER BY expires_at, seq")
+                .fetch_all(&store.reader)
+                .await
+                .expect("v5 records");
+        assert_eq!(
+            rows,
+            [("old-0".to_owned(), 4_000, 1), ("old-1".to_owned(), 5_000, 2), ("old-2".to_owned(), 5_000, 3)]
+        );
+        assert!(matches!(
+            store.record_exchange(suite::exchange("old-1", "tok-1", 1_000)).await,
+            Err(StorageError::Replay)
+        ));
+        let mut fresh = suite::exchange("new-1", "tok-2", 4_940);
+        fresh.new_pins.clear();
+        store.record_exchange(fresh).await.expect("a new jti in an old record's second");
+        let seq: i64 = sqlx::query_scalar("SELECT seq FROM used_jtis WHERE jti = 'new-1'")
+            .fetch_one(&store.reader)
+            .await
+            .expect("new record");
+        assert_eq!(seq, 4);
+    }
+
     #[tokio::test]
     async fn purge_deletes_every_expired_record_across_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1110,7 +1158,7 @@ mod tests {
         let expired = 2 * PURGE_CHUNK + 7;
         sqlx::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
-             INSERT INTO used_jtis (issuer, jti, expires_at) SELECT 'iss', 'old-' || i, 100 FROM n",
+             INSERT INTO used_jtis (expires_at, seq, issuer, jti) SELECT 100, i, 'iss', 'old-' || i FROM n",
         )
         .bind(expired)
         .execute(&store.writer)

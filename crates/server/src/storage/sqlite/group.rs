@@ -48,9 +48,9 @@ pub(super) struct SqliteBatchWriter {
 
 /// Which `(issuer, jti)` pairs have been exchanged and are not yet purged.
 ///
-/// The `used_jtis` table is ordered by expiry (schema v4), so that its
-/// inserts append instead of dirtying a random page per exchange; it can no
-/// longer refuse a second `(issuer, jti)` by itself. This writer is the one
+/// The `used_jtis` table is ordered by expiry and then arrival (schema v4
+/// and v5), so that its inserts append instead of dirtying a random page
+/// per exchange; it cannot refuse a second `(issuer, jti)` by itself. This writer is the one
 /// writer of that table, so it checks each exchange against this index,
 /// which it loads from the table before its first exchange and keeps in
 /// step with every commit and purge. The table is what survives a restart.
@@ -63,6 +63,9 @@ pub(super) struct SqliteBatchWriter {
 struct ReplayIndex {
     /// Fingerprints of the `(issuer, jti)` pairs in `used_jtis`.
     seen: HashSet<[u8; 16]>,
+    /// The `seq` of the next replay record: above every `seq` in the table
+    /// when the index was loaded, then counted up by this writer.
+    next_seq: i64,
     /// Held while the index lives.
     _lock: std::fs::File,
 }
@@ -121,15 +124,17 @@ impl ReplayIndex {
             }
         }
         let mut seen = HashSet::new();
-        let mut select = conn.prepare("SELECT issuer, jti FROM used_jtis").map_err(map_err)?;
+        let mut last_seq = 0;
+        let mut select = conn.prepare("SELECT issuer, jti, seq FROM used_jtis").map_err(map_err)?;
         let mut rows = select.query([]).map_err(map_err)?;
         while let Some(row) = rows.next().map_err(map_err)? {
             let issuer: String = row.get(0).map_err(map_err)?;
             let jti: String = row.get(1).map_err(map_err)?;
+            last_seq = last_seq.max(row.get::<_, i64>(2).map_err(map_err)?);
             seen.insert(fingerprint(&issuer, &jti));
         }
         tracing::debug!(records = seen.len(), "loaded the replay index");
-        Ok(ReplayIndex { seen, _lock: lock })
+        Ok(ReplayIndex { seen, next_seq: last_seq + 1, _lock: lock })
     }
 }
 
@@ -221,9 +226,9 @@ impl BatchWriter for SqliteBatchWriter {
             let mut delete = self
                 .conn
                 .prepare_cached(
-                    "DELETE FROM used_jtis WHERE (expires_at, issuer, jti) IN \
-                     (SELECT expires_at, issuer, jti FROM used_jtis WHERE expires_at < ?1 \
-                      ORDER BY expires_at LIMIT ?2) \
+                    "DELETE FROM used_jtis WHERE (expires_at, seq) IN \
+                     (SELECT expires_at, seq FROM used_jtis WHERE expires_at < ?1 \
+                      ORDER BY expires_at, seq LIMIT ?2) \
                      RETURNING issuer, jti",
                 )
                 .map_err(map_err)?;
@@ -269,10 +274,14 @@ fn write_all(
                     results.push(Err(StorageError::Replay));
                     continue;
                 }
+                // A seq rolled back with its exchange or batch is skipped:
+                // gaps are harmless, reuse is not.
+                let seq = index.next_seq;
+                index.next_seq += 1;
                 let result = if rec.new_pins.is_empty() {
-                    write_exchange(&mut statements, rec)?
+                    write_exchange(&mut statements, rec, seq)?
                 } else {
-                    write_with_pins(&tx, &mut statements, rec)?
+                    write_with_pins(&tx, &mut statements, rec, seq)?
                 };
                 if result.is_ok() {
                     index.seen.insert(key);
@@ -355,7 +364,7 @@ impl<'c> Statements<'c> {
     fn new(tx: &'c Transaction<'_>) -> Result<Statements<'c>, StorageError> {
         Ok(Statements {
             used_jti: tx
-                .prepare_cached("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?1, ?2, ?3)")
+                .prepare_cached("INSERT INTO used_jtis (expires_at, seq, issuer, jti) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(map_err)?,
             audit: tx.prepare_cached(super::audit_insert_sql()).map_err(map_err)?,
             issued: tx
@@ -373,10 +382,9 @@ impl<'c> Statements<'c> {
 fn write_exchange(
     statements: &mut Statements<'_>,
     rec: &ExchangeRecord,
+    seq: i64,
 ) -> Result<Result<(), StorageError>, StorageError> {
-    if let Err(replay) = insert_used_jti(&mut statements.used_jti, rec)? {
-        return Ok(Err(replay));
-    }
+    insert_used_jti(&mut statements.used_jti, rec, seq)?;
     insert_audit(&mut statements.audit, &rec.audit)?;
     insert_issued(&mut statements.issued, rec)?;
     Ok(Ok(()))
@@ -388,10 +396,11 @@ fn write_with_pins(
     tx: &Transaction<'_>,
     statements: &mut Statements<'_>,
     rec: &ExchangeRecord,
+    seq: i64,
 ) -> Result<Result<(), StorageError>, StorageError> {
     tx.execute_batch("SAVEPOINT exchange").map_err(map_err)?;
     let outcome = (|| {
-        insert_used_jti(&mut statements.used_jti, rec)??;
+        insert_used_jti(&mut statements.used_jti, rec, seq)?;
         for pin in &rec.new_pins {
             insert_pin(tx, pin)??;
         }
@@ -412,17 +421,13 @@ fn write_with_pins(
     }
 }
 
-/// Consumes the subject token's `jti`; `Ok(Err(Replay))` when it was used.
-fn insert_used_jti(
-    insert: &mut CachedStatement<'_>,
-    rec: &ExchangeRecord,
-) -> Result<Result<(), StorageError>, StorageError> {
+/// Records the subject token's `jti` as used, as the `seq`-th record.
+/// Whether it was used before is the replay index's to say (the caller
+/// asked it); a clash of `(expires_at, seq)` is a bug, not a replay.
+fn insert_used_jti(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord, seq: i64) -> Result<(), StorageError> {
     let j = &rec.used_jti;
-    match insert.execute(params![j.issuer, j.jti, j.expires_at]) {
-        Ok(_) => Ok(Ok(())),
-        Err(e) if is_unique_violation(&e) => Ok(Err(StorageError::Replay)),
-        Err(e) => Err(map_err(e)),
-    }
+    insert.execute(params![j.expires_at, seq, j.issuer, j.jti]).map_err(map_err)?;
+    Ok(())
 }
 
 fn insert_issued(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord) -> Result<(), StorageError> {
@@ -494,12 +499,6 @@ fn insert_audit(insert: &mut CachedStatement<'_>, a: &AuditRecord) -> Result<(),
     Ok(())
 }
 
-fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if f.code == ErrorCode::ConstraintViolation
-            && matches!(f.extended_code, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE))
-}
-
 /// Transient conditions (locked, busy, I/O, disk full, out of memory)
 /// become [`StorageError::Unavailable`], like the sqlx side's `map_err`.
 fn map_err(e: rusqlite::Error) -> StorageError {
@@ -567,6 +566,36 @@ mod tests {
         replay.new_pins.clear();
         assert!(matches!(reopened.record_exchange(replay).await, Err(StorageError::Replay)));
         reopened.record_exchange(suite::exchange("subject-2", "token-3", 1_000)).await.expect("a new jti");
+        reopened.close().await;
+    }
+
+    /// Replay records of one second are kept in arrival order, not in the
+    /// order of their random jtis (schema v5), so a commit appends to the
+    /// second's last page; after a restart the count goes on above the
+    /// table's largest `seq` instead of clashing with it.
+    #[tokio::test]
+    async fn replay_records_of_one_second_are_in_arrival_order_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let store = store_at(&path).await;
+        for (i, jti) in ["zz", "aa", "mm"].into_iter().enumerate() {
+            let mut rec = suite::exchange(jti, &format!("token-{i}"), 1_000);
+            if i > 0 {
+                rec.new_pins.clear();
+            }
+            store.record_exchange(rec).await.expect("exchange");
+        }
+        store.close().await;
+        drop(store);
+        let reopened = store_at(&path).await;
+        let mut rec = suite::exchange("bb", "token-3", 1_000);
+        rec.new_pins.clear();
+        reopened.record_exchange(rec).await.expect("the same second after a restart");
+        let order: Vec<String> = sqlx::query_scalar("SELECT jti FROM used_jtis ORDER BY expires_at, seq")
+            .fetch_all(&reopened.reader)
+            .await
+            .expect("records");
+        assert_eq!(order, ["zz", "aa", "mm", "bb"]);
         reopened.close().await;
     }
 
