@@ -50,8 +50,9 @@ pub(super) struct SqliteBatchWriter {
 ///
 /// The `used_jtis` table is ordered by expiry and then arrival (schema v4
 /// and v5), so that its inserts append instead of dirtying a random page
-/// per exchange; it cannot refuse a second `(issuer, jti)` by itself. This writer is the one
-/// writer of that table, so it checks each exchange against this index,
+/// per exchange; it cannot refuse a second `(issuer, jti)` by itself. This
+/// writer is the one writer of that table, so it checks each exchange
+/// against this index,
 /// which it loads from the table before its first exchange and keeps in
 /// step with every commit and purge. The table is what survives a restart.
 ///
@@ -279,7 +280,7 @@ fn write_all(
                 let seq = index.next_seq;
                 index.next_seq += 1;
                 let result = if rec.new_pins.is_empty() {
-                    write_exchange(&mut statements, rec, seq)?
+                    write_exchange(&mut statements, rec, seq).map(Ok)?
                 } else {
                     write_with_pins(&tx, &mut statements, rec, seq)?
                 };
@@ -377,21 +378,17 @@ impl<'c> Statements<'c> {
     }
 }
 
-/// Writes one exchange without pins. The outer `Result` fails the batch;
-/// the inner one is this exchange's own outcome (a replay).
-fn write_exchange(
-    statements: &mut Statements<'_>,
-    rec: &ExchangeRecord,
-    seq: i64,
-) -> Result<Result<(), StorageError>, StorageError> {
+/// Writes one exchange without pins (the caller has ruled out a replay);
+/// a failure fails the batch.
+fn write_exchange(statements: &mut Statements<'_>, rec: &ExchangeRecord, seq: i64) -> Result<(), StorageError> {
     insert_used_jti(&mut statements.used_jti, rec, seq)?;
     insert_audit(&mut statements.audit, &rec.audit)?;
-    insert_issued(&mut statements.issued, rec)?;
-    Ok(Ok(()))
+    insert_issued(&mut statements.issued, rec)
 }
 
-/// Writes one exchange that records pins, under its own savepoint: a replay
-/// or pin conflict undoes this exchange only.
+/// Writes one exchange that records pins, under its own savepoint: a pin
+/// conflict undoes this exchange only. The outer `Result` fails the batch;
+/// the inner one is this exchange's own outcome.
 fn write_with_pins(
     tx: &Transaction<'_>,
     statements: &mut Statements<'_>,
@@ -405,15 +402,14 @@ fn write_with_pins(
             insert_pin(tx, pin)??;
         }
         insert_audit(&mut statements.audit, &rec.audit)?;
-        insert_issued(&mut statements.issued, rec)?;
-        Ok::<_, StorageError>(Ok(()))
+        insert_issued(&mut statements.issued, rec)
     })();
     match outcome {
-        Ok(Ok(())) => {
+        Ok(()) => {
             tx.execute_batch("RELEASE exchange").map_err(map_err)?;
             Ok(Ok(()))
         }
-        Ok(Err(own)) | Err(own @ (StorageError::Replay | StorageError::PinConflict { .. })) => {
+        Err(own @ StorageError::PinConflict { .. }) => {
             tx.execute_batch("ROLLBACK TO exchange; RELEASE exchange").map_err(map_err)?;
             Ok(Err(own))
         }
