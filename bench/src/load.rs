@@ -68,6 +68,18 @@ impl Conn {
         Conn { target: target.clone(), stream: None, out: Vec::with_capacity(4096), buf: Vec::with_capacity(8192) }
     }
 
+    /// Opens the connection now, if it is not open, so that a phase's clock
+    /// does not include TCP handshakes. A failure is left for the first
+    /// request to meet and report.
+    pub async fn connect(&mut self) {
+        if self.stream.is_none()
+            && let Ok(stream) = TcpStream::connect(self.target.addr).await
+            && stream.set_nodelay(true).is_ok()
+        {
+            self.stream = Some(stream);
+        }
+    }
+
     /// Sends one request; returns the status and body.
     pub async fn request(&mut self, method: http::Method, path: &str, body: Bytes) -> anyhow::Result<(u16, Bytes)> {
         let response = self.round_trip(method.as_str(), path, &body).await?;
@@ -241,17 +253,29 @@ impl Source {
     }
 }
 
+/// `n` connections to `target`, opened before a phase starts: a client of
+/// writ keeps its connections, so a phase measures exchanges on open
+/// connections, not a burst of TCP handshakes at its start.
+pub async fn connect_all(target: &Target, n: usize) -> Vec<Conn> {
+    let mut conns: Vec<Conn> = (0..n).map(|_| Conn::new(target)).collect();
+    for conn in &mut conns {
+        conn.connect().await;
+    }
+    conns
+}
+
 /// Sends every body with `concurrency` requests in flight; each worker
 /// sends its next request as soon as the previous one is answered.
 /// Returns the wall time of the phase.
 pub async fn closed_loop(target: &Target, bodies: Arc<Vec<Bytes>>, concurrency: usize, rec: Arc<Recorder>) -> Duration {
     let next = Arc::new(AtomicUsize::new(0));
+    let conns = connect_all(target, concurrency.max(1)).await;
     let start = Instant::now();
-    let workers: Vec<_> = (0..concurrency.max(1))
-        .map(|_| {
-            let (target, bodies, next, rec) = (target.clone(), bodies.clone(), next.clone(), rec.clone());
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (bodies, next, rec) = (bodies.clone(), next.clone(), rec.clone());
             tokio::spawn(async move {
-                let mut conn = Conn::new(&target);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(body) = bodies.get(i).cloned() else { break };
@@ -268,26 +292,26 @@ pub async fn closed_loop(target: &Target, bodies: Arc<Vec<Bytes>>, concurrency: 
     start.elapsed()
 }
 
-/// Sends `total` requests on the schedule `start + i / rate`, with at most
-/// `max_in_flight` outstanding (more would only queue in the generator;
-/// their lateness is still counted because latency starts at the intended
-/// time). Returns the wall time of the phase.
+/// Sends `total` requests on the schedule `start + i / rate`, one
+/// outstanding per connection of `conns` at most (more would only queue in
+/// the generator; their lateness is still counted because latency starts
+/// at the intended time). Returns the wall time of the phase and the
+/// connections, for a phase that follows this one without a gap.
 pub async fn open_loop(
-    target: &Target,
+    conns: Vec<Conn>,
     source: Arc<Source>,
     rate: f64,
     total: usize,
-    max_in_flight: usize,
     rec: Arc<Recorder>,
-) -> Duration {
+) -> (Duration, Vec<Conn>) {
     let next = Arc::new(AtomicUsize::new(0));
     let start = tokio::time::Instant::now();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    let workers: Vec<_> = (0..max_in_flight.max(1))
-        .map(|_| {
-            let (target, source, next, rec) = (target.clone(), source.clone(), next.clone(), rec.clone());
+    let workers: Vec<_> = conns
+        .into_iter()
+        .map(|mut conn| {
+            let (source, next, rec) = (source.clone(), next.clone(), rec.clone());
             tokio::spawn(async move {
-                let mut conn = Conn::new(&target);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= total {
@@ -301,13 +325,17 @@ pub async fn open_loop(
                     let result = conn.exchange(body).await;
                     rec.record(intended.elapsed(), result);
                 }
+                conn
             })
         })
         .collect();
+    let mut conns = Vec::with_capacity(workers.len());
     for w in workers {
-        let _ = w.await;
+        if let Ok(conn) = w.await {
+            conns.push(conn);
+        }
     }
-    start.elapsed()
+    (start.elapsed(), conns)
 }
 
 #[cfg(test)]

@@ -71,6 +71,13 @@ struct Args {
     /// Open loop: how long to send.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Open loop: before the measured phase, send at the same rate for this
+    /// long on the same connections without recording. The phase then
+    /// starts from a steady state rather than from the idle seconds spent
+    /// minting its tokens (in which the server's caches and the disk's
+    /// queue go cold). 0 turns it off.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
     /// Open loop: most requests outstanding at once.
     #[arg(long, default_value_t = 256)]
     max_in_flight: usize,
@@ -159,6 +166,7 @@ fn run_main(mut args: Args) -> anyhow::Result<()> {
         args.requests = args.requests.min(1500);
         args.concurrency = vec![16];
         args.duration = args.duration.min(Duration::from_secs(2));
+        args.warmup = args.warmup.min(Duration::from_millis(200));
         args.ceiling_time = args.ceiling_time.min(Duration::from_millis(200));
         args.report_every = args.report_every.min(Duration::from_secs(1));
         if let Some(soak) = &mut args.soak {
@@ -268,21 +276,41 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
         let rate = if args.rate == "half" { best / 2.0 } else { args.rate.parse::<f64>().context("--rate")? };
         let total = ((rate * args.duration.as_secs_f64()).round() as usize).max(1);
-        let bodies = premint(&minter, total, mint_threads, &nonces).await?;
-        let source = Arc::new(Source::Premint(Arc::new(bodies)));
-        let phase = measure_phase(&under, || {
-            let target = under.target.clone();
-            let max_in_flight = args.max_in_flight;
-            async move {
-                let rec = Arc::new(Recorder::default());
-                let wall = load::open_loop(&target, source, rate, total, max_in_flight, rec.clone()).await;
-                (wall, rec)
+        let warmup = (rate * args.warmup.as_secs_f64()).round() as usize;
+        // One batch, in minting order: the warm-up's tokens, then the phase's.
+        let mut bodies = premint(&minter, warmup + total, mint_threads, &nonces).await?;
+        let measured = bodies.split_off(warmup);
+        let mut conns = load::connect_all(&under.target, args.max_in_flight.max(1)).await;
+        if warmup > 0 {
+            let rec = Arc::new(Recorder::default());
+            let source = Arc::new(Source::Premint(Arc::new(bodies)));
+            (_, conns) = load::open_loop(conns, source, rate, warmup, rec.clone()).await;
+            let done = rec.finish();
+            if done.error_count() > 0 {
+                println!(
+                    "  warm-up ({warmup} requests, not recorded): {} errors, first: {}",
+                    done.error_count(),
+                    done.first_error.as_deref().unwrap_or("?")
+                );
+                failed += done.error_count();
             }
+        }
+        let source = Arc::new(Source::Premint(Arc::new(measured)));
+        let phase = measure_phase(&under, || async move {
+            let rec = Arc::new(Recorder::default());
+            let (wall, _) = load::open_loop(conns, source, rate, total, rec.clone()).await;
+            (wall, rec)
         })
         .await?;
-        println!("open loop at {rate:.0}/s (latency from intended send time): {}", phase.line());
+        println!(
+            "open loop at {rate:.0}/s after {} of warm-up (latency from intended send time): {}",
+            humantime::format_duration(args.warmup),
+            phase.line()
+        );
         failed += phase.errors;
-        report["open_loop"] = phase.to_json(json!({"rate": rate, "duration_s": args.duration.as_secs_f64()}));
+        report["open_loop"] = phase.to_json(
+            json!({"rate": rate, "duration_s": args.duration.as_secs_f64(), "warmup_s": args.warmup.as_secs_f64()}),
+        );
 
         let second = tokio::task::spawn_blocking(measure_ceiling).await??;
         let ceiling = first.best(second);
@@ -582,8 +610,11 @@ async fn soak_phase(
     let source = Arc::new(Source::Stream(Arc::new(tokio::sync::Mutex::new(rx))));
     let runner = {
         let (target, rec) = (under.target.clone(), rec.clone());
-        let max_in_flight = args.max_in_flight;
-        tokio::spawn(async move { load::open_loop(&target, source, rate, total, max_in_flight, rec).await })
+        let max_in_flight = args.max_in_flight.max(1);
+        tokio::spawn(async move {
+            let conns = load::connect_all(&target, max_in_flight).await;
+            load::open_loop(conns, source, rate, total, rec).await.0
+        })
     };
     let started = Instant::now();
     let server_before = under.pid.map(|p| procstat::sample(Some(p))).transpose()?;

@@ -187,7 +187,7 @@ impl SqliteStore {
         let batch_writer = group::SqliteBatchWriter::open(&path, config.busy_timeout, restart.clone())?;
         let commits = GroupCommit::start("writ-sqlite-writer", batch_writer)?;
         let (stop, stopped) = tokio::sync::watch::channel(());
-        tokio::spawn(checkpoint::run(writer.clone(), reader.clone(), restart, stopped));
+        tokio::spawn(checkpoint::run(writer.clone(), reader.clone(), path.clone(), restart, stopped));
         Ok(SqliteStore {
             writer,
             reader,
