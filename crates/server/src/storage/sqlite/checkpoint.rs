@@ -94,6 +94,10 @@ pub(super) async fn run(
     restart: RestartWanted,
     mut stop: watch::Receiver<()>,
 ) {
+    // The WAL as the previous checkpoint left it: when nothing has changed
+    // since, there is nothing to sync (an idle server does not flush the
+    // disk four times a second).
+    let mut last = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
@@ -103,25 +107,37 @@ pub(super) async fn run(
             return;
         }
         match passive(&reader).await {
-            Ok(wal_frames) if wal_frames >= WAL_RESTART_FRAMES => {
+            Ok(wal) if wal.frames >= WAL_RESTART_FRAMES => {
                 prepare_restart(&reader, &path).await;
                 restart.ask();
+                last = None;
             }
-            Ok(_) => {
+            Ok(wal) if Some(wal) == last => {}
+            Ok(wal) => {
                 if let Err(e) = sync_database(&path).await {
                     tracing::warn!("syncing {} after a checkpoint failed: {e}", path.display());
                 }
+                last = Some(wal);
             }
             Err(e) => tracing::warn!("SQLite WAL checkpoint failed: {e}"),
         }
     }
 }
 
-/// A `PASSIVE` checkpoint; returns the WAL's length in frames.
-async fn passive(reader: &SqlitePool) -> Result<i64, sqlx::Error> {
-    let (_, wal_frames, _): (i64, i64, i64) =
+/// What a checkpoint reports of the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wal {
+    /// Frames in the WAL.
+    frames: i64,
+    /// Of those, frames copied into the database file.
+    copied: i64,
+}
+
+/// A `PASSIVE` checkpoint.
+async fn passive(reader: &SqlitePool) -> Result<Wal, sqlx::Error> {
+    let (_, frames, copied): (i64, i64, i64) =
         sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(reader).await?;
-    Ok(wal_frames)
+    Ok(Wal { frames, copied })
 }
 
 /// Before the writer's `RESTART`: syncs what the checkpoint just copied,
