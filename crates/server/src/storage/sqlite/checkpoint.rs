@@ -98,6 +98,9 @@ pub(super) async fn run(
     // since, there is nothing to sync (an idle server does not flush the
     // disk four times a second).
     let mut last = None;
+    // Whether the last sync failed: a failure is logged once at `warn` and
+    // its repeats at `debug`, not four times a second.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CHECKPOINT_INTERVAL) => {}
@@ -114,8 +117,21 @@ pub(super) async fn run(
             }
             Ok(wal) if Some(wal) == last => {}
             Ok(wal) => {
-                if let Err(e) = sync_database(&path).await {
-                    tracing::warn!("syncing {} after a checkpoint failed: {e}", path.display());
+                match sync_database(&path).await {
+                    Ok(()) if failing => {
+                        tracing::info!("syncing {} after a checkpoint works again", path.display());
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if failing => tracing::debug!("syncing {} after a checkpoint failed: {e}", path.display()),
+                    Err(e) => {
+                        tracing::warn!(
+                            "syncing {} after a checkpoint failed: {e} (SQLite's own syncs still guard every \
+                             commit; this costs latency at the next WAL restart, not data)",
+                            path.display()
+                        );
+                        failing = true;
+                    }
                 }
                 last = Some(wal);
             }
@@ -172,7 +188,8 @@ async fn sync_database(path: &Path) -> std::io::Result<()> {
 /// SQLite's own included, so a handle that came and went would let another
 /// process's SQLite believe no one here has the database open. Files are
 /// told apart by device and inode, so a file replaced at the same path
-/// gets a handle of its own.
+/// gets a handle of its own. That is one descriptor per database file the
+/// process ever opens: one for a server, one per store in a test binary.
 fn database_file(path: &Path) -> std::io::Result<&'static File> {
     static OPEN: Mutex<Vec<((u64, u64), &'static File)>> = Mutex::new(Vec::new());
     let meta = std::fs::metadata(path)?;
