@@ -62,15 +62,17 @@ pub fn measure(
     if key.verify_sig(message.as_bytes(), &signature).is_err() {
         bail!("the subject token's signature does not verify with its issuer's key");
     }
-    let verify_us = time_per_op(budget, || {
-        // The result is checked above; here only the cost matters.
-        let _ = std::hint::black_box(key.verify_sig(std::hint::black_box(message.as_bytes()), &signature));
-    });
-
     let pair = Ed25519KeyPair::generate().context("generating an Ed25519 key")?;
-    let sign_us = time_per_op(budget, || {
-        let _ = std::hint::black_box(pair.try_sign(std::hint::black_box(signing_input)));
-    });
+    // The verification was checked above; here only the cost matters.
+    let (verify_us, sign_us) = fastest_windows(
+        budget,
+        || {
+            let _ = std::hint::black_box(key.verify_sig(std::hint::black_box(message.as_bytes()), &signature));
+        },
+        || {
+            let _ = std::hint::black_box(pair.try_sign(std::hint::black_box(signing_input)));
+        },
+    );
     Ok(Ceiling { verify_us, sign_us })
 }
 
@@ -85,16 +87,40 @@ fn parsed_rsa_key(jwk: &serde_json::Value) -> anyhow::Result<ParsedPublicKey> {
         .map_err(|e| anyhow::anyhow!("the issuer's JWK is not a usable RSA key: {e}"))
 }
 
-/// Runs `op` repeatedly for about `budget` (after a short warm-up) and
-/// returns µs per call.
-fn time_per_op(budget: Duration, mut op: impl FnMut()) -> f64 {
+/// Windows each operation's budget is cut into.
+const WINDOWS: u32 = 20;
+
+/// Times `a` and `b` in alternating short windows, [`WINDOWS`] of each in
+/// about `budget` per operation (after a short warm-up), and returns µs
+/// per call of each one's fastest window.
+///
+/// The fastest window rather than the average: on a shared host a
+/// neighbour's burst, a preemption or a frequency drop only ever makes a
+/// window slower, so the fastest one is the closest to what the core can
+/// do, and the ceiling is as high (as strict) as this host allows.
+/// Alternating the two lets both see the same quiet moments. A whole-budget
+/// average measured 13.7–23.1 µs for the same signature within one hour
+/// on one host (docs/PERFORMANCE.md).
+fn fastest_windows(budget: Duration, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
     let warm = Instant::now();
     while warm.elapsed() < budget / 10 {
-        op();
+        a();
+        b();
     }
+    let window = budget / WINDOWS;
+    let (mut best_a, mut best_b) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..WINDOWS {
+        best_a = best_a.min(time_window(window, &mut a));
+        best_b = best_b.min(time_window(window, &mut b));
+    }
+    (best_a, best_b)
+}
+
+/// Runs `op` in groups of 16 until `window` has passed; µs per call.
+fn time_window(window: Duration, op: &mut impl FnMut()) -> f64 {
     let start = Instant::now();
     let mut n: u64 = 0;
-    while start.elapsed() < budget {
+    while n == 0 || start.elapsed() < window {
         for _ in 0..16 {
             op();
         }

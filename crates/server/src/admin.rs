@@ -779,8 +779,8 @@ pub async fn dry_run(
         .get_pins(claims.issuer_name(), &pin_keys(&claims))
         .await
         .map_err(storage_error)?
-        .iter()
-        .map(Pin::to_core)
+        .into_iter()
+        .map(Pin::into_core)
         .collect();
     let request = PolicyRequest {
         permissions: req.request.permissions,

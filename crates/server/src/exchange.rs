@@ -122,7 +122,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     };
 
     let pins: Pins = match state.store.get_pins(claims.issuer_name(), &pin_keys(&claims)).await {
-        Ok(found) => found.iter().map(Pin::to_core).collect(),
+        Ok(found) => found.into_iter().map(Pin::into_core).collect(),
         Err(e) => return Err(storage_error(e)),
     };
     let request = PolicyRequest {
@@ -396,7 +396,7 @@ pub(crate) fn pin_keys(claims: &VerifiedClaims) -> Vec<(PinKind, String)> {
         }
         writ_core::issuer::IssuerKind::Generic => &[],
     };
-    pairs.iter().filter_map(|(kind, claim)| claims.get_str(claim).map(|name| (*kind, name.to_lowercase()))).collect()
+    pairs.iter().filter_map(|(kind, claim)| claims.text(claim).map(|name| (*kind, name.to_lowercase()))).collect()
 }
 
 /// One sentence naming the denial and its first failing conditions.
@@ -419,11 +419,8 @@ fn denial_sentence(org: &str, denial: &policy::Denial) -> String {
 /// The `client_id` of minted tokens: who the token was issued to, as the
 /// issuer names it (`github:acme/web`), or the subject for generic issuers.
 fn client_id(claims: &VerifiedClaims) -> String {
-    let who = claims
-        .get_str("repository")
-        .or_else(|| claims.get_str("project_path"))
-        .unwrap_or_else(|| claims.sub().to_owned());
-    format!("{}:{}", claims.issuer_name(), who)
+    let who = claims.text("repository").or_else(|| claims.text("project_path"));
+    format!("{}:{}", claims.issuer_name(), who.as_deref().unwrap_or(claims.sub()))
 }
 
 async fn record_denial(state: &AppState, audit: AuditRecord) -> Result<(), ApiError> {

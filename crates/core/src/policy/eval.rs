@@ -5,14 +5,16 @@
 //! as a parameter, and the cost depends only on this policy's rules, never
 //! on how many orgs the server holds.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use super::matcher::{NamePattern, Pattern, claim_matches, fold, render_got, render_wanted, string_claim_matches};
+use super::matcher::{
+    NamePattern, Pattern, claim_matches, fold, fold_eq, render_got, render_wanted, string_claim_matches,
+};
 use super::{Located, Policy, Rule, Sugar, sugar_applies};
 use crate::claims::VerifiedClaims;
 use crate::issuer::IssuerKind;
@@ -109,9 +111,14 @@ pub struct Pin {
 /// Security invariant: a name seen once keeps its id. Without pins, whoever
 /// re-creates a deleted repository, or takes over a renamed account's name,
 /// inherits every rule written for the old one.
+///
+/// A vector searched in order rather than a map: an exchange looks up the
+/// two or so pins of its own token, and a map cost an allocation per
+/// lookup (its owned key) and per insert.
 #[derive(Debug, Clone, Default)]
 pub struct Pins {
-    ids: HashMap<(String, PinKind, String), String>,
+    /// Each (issuer, kind, name) once, the name lowercased.
+    pins: Vec<Pin>,
 }
 
 impl Pins {
@@ -121,23 +128,33 @@ impl Pins {
     }
 
     /// Records (or replaces) a pin.
-    pub fn insert(&mut self, pin: Pin) {
-        self.ids.insert((pin.issuer, pin.kind, fold(&pin.name)), pin.id);
+    pub fn insert(&mut self, mut pin: Pin) {
+        if !fold_eq(&pin.name, &pin.name) {
+            pin.name = fold(&pin.name);
+        }
+        match self.position(&pin.issuer, pin.kind, &pin.name) {
+            Some(i) => self.pins[i] = pin,
+            None => self.pins.push(pin),
+        }
     }
 
     /// The recorded id of a name, if any.
     pub fn get(&self, issuer: &str, kind: PinKind, name: &str) -> Option<&str> {
-        self.ids.get(&(issuer.to_owned(), kind, fold(name))).map(String::as_str)
+        self.position(issuer, kind, name).map(|i| self.pins[i].id.as_str())
+    }
+
+    fn position(&self, issuer: &str, kind: PinKind, name: &str) -> Option<usize> {
+        self.pins.iter().position(|p| p.kind == kind && p.issuer == issuer && fold_eq(name, &p.name))
     }
 
     /// Number of pins.
     pub fn len(&self) -> usize {
-        self.ids.len()
+        self.pins.len()
     }
 
     /// True when no pin is recorded.
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
+        self.pins.is_empty()
     }
 }
 
@@ -899,8 +916,9 @@ impl RuleCheck<'_> {
     /// pin it to).
     fn id_condition(&mut self, claim: &str, wanted: Option<&Sugar<String>>) {
         let Some(wanted) = wanted else { return };
-        let got = self.claims.get_str(claim);
+        let got = self.claims.text(claim);
         if got.as_deref() != Some(wanted.value.as_str()) {
+            let got = got.map(Cow::into_owned);
             self.failures.push(Failure::Claim { claim: claim.to_owned(), wanted: wanted.value.clone(), got });
         }
     }
@@ -909,13 +927,13 @@ impl RuleCheck<'_> {
     /// when written, else the recorded one; a name never seen becomes a new
     /// pin. A token without the id claim fails: the name cannot be pinned.
     fn pin(&mut self, kind: PinKind, name: &str, id_claim: &str, rule_id: Option<&Sugar<String>>) {
-        let got = self.claims.get_str(id_claim);
+        let got = self.claims.text(id_claim);
         let issuer = self.claims.issuer_name();
         let mismatch = |pinned: &str, source| Failure::PinMismatch {
             pin: kind,
             name: name.to_owned(),
             pinned: pinned.to_owned(),
-            got: got.clone(),
+            got: got.as_deref().map(str::to_owned),
             source,
         };
         if let Some(wanted) = rule_id {
@@ -930,7 +948,7 @@ impl RuleCheck<'_> {
             }
             (Some(_), _) => {}
             (None, Some(id)) => {
-                let pin = Pin { issuer: issuer.to_owned(), kind, name: fold(name), id: id.clone() };
+                let pin = Pin { issuer: issuer.to_owned(), kind, name: fold(name), id: id.clone().into_owned() };
                 if !self.new_pins.contains(&pin) {
                     self.new_pins.push(pin);
                 }
@@ -961,13 +979,13 @@ impl Policy {
         match claims.issuer_kind() {
             IssuerKind::GitHub => {
                 let owner = claims.get("repository_owner").and_then(Value::as_str).map(fold);
-                let owner_id = claims.get_str("repository_owner_id");
+                let owner_id = claims.text("repository_owner_id");
                 rules.into_iter().any(|rule| {
                     let by_name = rule
                         .repository
                         .as_ref()
                         .is_some_and(|r| r.value.iter().any(|p| p.value.owner.is_some() && p.value.owner == owner));
-                    let by_id = rule.owner_id.as_ref().is_some_and(|id| Some(&id.value) == owner_id.as_ref());
+                    let by_id = rule.owner_id.as_ref().is_some_and(|id| Some(id.value.as_str()) == owner_id.as_deref());
                     by_name || by_id
                 })
             }
@@ -1472,6 +1490,24 @@ permissions = ["deploy", "logs:read"]
 
     fn pin(kind: PinKind, name: &str, id: &str) -> Pin {
         Pin { issuer: "github".into(), kind, name: name.into(), id: id.into() }
+    }
+
+    #[test]
+    fn pins_are_found_by_issuer_kind_and_name_in_any_case_and_a_later_insert_replaces() {
+        let mut pins = Pins::new();
+        pins.insert(pin(PinKind::Repository, "Acme/Web", "1"));
+        pins.insert(pin(PinKind::Owner, "acme", "9"));
+        assert_eq!(pins.get("github", PinKind::Repository, "acme/web"), Some("1"));
+        assert_eq!(pins.get("github", PinKind::Repository, "ACME/WEB"), Some("1"));
+        assert_eq!(pins.get("github", PinKind::Owner, "Acme"), Some("9"));
+        assert_eq!(pins.get("github", PinKind::Owner, "acme/web"), None, "another kind");
+        assert_eq!(pins.get("gitlab", PinKind::Repository, "acme/web"), None, "another issuer");
+        // Unicode folding: the Kelvin sign lowercases to an ASCII k.
+        pins.insert(pin(PinKind::Repository, "\u{212A}ube/app", "5"));
+        assert_eq!(pins.get("github", PinKind::Repository, "kube/APP"), Some("5"));
+        pins.insert(pin(PinKind::Repository, "ACME/web", "2"));
+        assert_eq!(pins.get("github", PinKind::Repository, "acme/web"), Some("2"));
+        assert_eq!(pins.len(), 3);
     }
 
     #[test]

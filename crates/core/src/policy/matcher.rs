@@ -13,7 +13,7 @@ pub(crate) fn fold(s: &str) -> String {
 /// (the usual repository, branch or environment name) folds byte by byte;
 /// any other goes through Unicode lowercasing, under which some non-ASCII
 /// characters become ASCII ones (the Kelvin sign `K` is `k`).
-fn fold_eq(candidate: &str, folded: &str) -> bool {
+pub(crate) fn fold_eq(candidate: &str, folded: &str) -> bool {
     if candidate.is_ascii() {
         // `folded` is lowercase already, so folding both sides is the same
         // as folding the candidate.

@@ -360,13 +360,8 @@ pub struct Pin {
 
 impl Pin {
     /// The evaluator's view of this pin.
-    pub fn to_core(&self) -> writ_core::policy::Pin {
-        writ_core::policy::Pin {
-            issuer: self.issuer.clone(),
-            kind: self.kind,
-            name: self.name.clone(),
-            id: self.id.clone(),
-        }
+    pub fn into_core(self) -> writ_core::policy::Pin {
+        writ_core::policy::Pin { issuer: self.issuer, kind: self.kind, name: self.name, id: self.id }
     }
 
     /// A pin to record for a name the evaluator saw without one.
