@@ -129,6 +129,7 @@ impl Pins {
 
     /// Records (or replaces) a pin.
     pub fn insert(&mut self, mut pin: Pin) {
+        // Folds (allocates) only a name that is not lowercase already.
         if !fold_eq(&pin.name, &pin.name) {
             pin.name = fold(&pin.name);
         }
@@ -948,7 +949,7 @@ impl RuleCheck<'_> {
             }
             (Some(_), _) => {}
             (None, Some(id)) => {
-                let pin = Pin { issuer: issuer.to_owned(), kind, name: fold(name), id: id.clone().into_owned() };
+                let pin = Pin { issuer: issuer.to_owned(), kind, name: fold(name), id: id.to_string() };
                 if !self.new_pins.contains(&pin) {
                     self.new_pins.push(pin);
                 }
