@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use writ_core::claims::VerifiedClaims;
+use writ_core::claims::{TokenSubject, VerifiedClaims};
 use writ_core::jwt::{ParsedToken, VerifyConfig, VerifyError};
 use writ_core::policy::{self, Decision, Pins, Request as PolicyRequest, TtlLimits};
 use writ_core::token::{CiProvenance, WritClaims};
@@ -83,7 +83,11 @@ pub struct ExchangeOutput {
 }
 
 /// Runs one exchange.
-pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInfo) -> Result<ExchangeOutput, ApiError> {
+pub async fn exchange(
+    state: &AppState,
+    mut input: ExchangeInput,
+    caller: &CallerInfo,
+) -> Result<ExchangeOutput, ApiError> {
     validate_names(&input)?;
     // The token is parsed once; before its signature is verified, only
     // its `iss` is looked at, to tell whose it claims to be.
@@ -97,6 +101,10 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     let now = state.clock.now();
     let mut parsed = parsed.map_err(|e| verify_error(&e))?;
     let claims = verify(state, &mut parsed, now).await?;
+    // The token has become the claims; its text (about a kilobyte) is not
+    // needed again.
+    drop(parsed);
+    input.subject_token = String::new();
     // After the signature verified: a forged token cannot spend another
     // repository's budget. Not audited: a runaway loop would flood the log.
     let source = client_id(&claims);
@@ -109,7 +117,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     }
 
     let provenance = CiProvenance::from_claims(&claims);
-    let mut audit = audit_for(&claims, &provenance, &input, now, caller);
+    let mut audit = audit_for(Subject::of(&claims), &provenance, &input, now, caller);
 
     let Some(loaded) = state.policies.get(&input.org) else {
         let description = format!(
@@ -132,7 +140,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         ttl: input.ttl,
     };
     let limits = TtlLimits { default: state.config.tokens.default_ttl, max: state.config.tokens.max_ttl };
-    let grant = match policy::evaluate_for_grant(&loaded.policy, &claims, &request, &pins, limits) {
+    let mut grant = match policy::evaluate_for_grant(&loaded.policy, &claims, &request, &pins, limits) {
         Decision::Granted(grant) => grant,
         Decision::Denied(denial) => {
             let explanation = serde_json::to_value(&denial.explanation).unwrap_or_default();
@@ -182,7 +190,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     // page per exchange (less to write and sync per commit). The time it
     // reveals is the token's `iat` anyway.
     let jti = uuid::Uuid::now_v7().to_string();
-    let writ_claims = WritClaims {
+    let mut writ_claims = WritClaims {
         iss: state.config.public_url.clone(),
         aud: token_audience,
         sub: format!("{}:{}", claims.issuer_name(), claims.sub()),
@@ -227,7 +235,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         issued: IssuedToken {
             jti: jti.clone(),
             org: input.org.clone(),
-            subject: writ_claims.sub.clone(),
+            subject: std::mem::take(&mut writ_claims.sub),
             repository: granted.repository.clone(),
             run_id: granted.run_id.clone(),
             rule: grant.rule.clone(),
@@ -236,13 +244,25 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
         },
         audit: granted,
     };
+    // What the rest needs is kept; the claims, the minted claims, the pins
+    // and the policy's explanation are freed now, by the thread that
+    // allocated them. After the commit's wait below the request may go on
+    // on the other worker thread, and each of those few dozen strings freed
+    // there would be a cross-thread free (docs/PERFORMANCE.md, session 9).
+    let ci = std::mem::take(&mut writ_claims.ci);
+    let subject = claims.into_subject();
+    drop(writ_claims);
+    drop(pins);
+    drop(request);
+    drop(std::mem::take(&mut grant.explanation));
+    drop(std::mem::take(&mut grant.new_pins));
     match state.store.record_exchange(record).await {
         Ok(()) => {}
         Err(StorageError::Replay) => {
             let description =
                 "this OIDC token was already exchanged; request a fresh one (each token is accepted once)";
-            let mut audit = audit_for(&claims, &writ_claims.ci, &input, now, caller);
-            deny(&mut audit, "invalid_grant", json!([{"replay": claims.jti()}]));
+            let mut audit = audit_for(Subject::from(&subject), &ci, &input, now, caller);
+            deny(&mut audit, "invalid_grant", json!([{"replay": subject.jti}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
         }
@@ -250,7 +270,7 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
             let description = format!(
                 "{kind} {name} was pinned to id {pinned_id} on first use and this token carries id {presented_id}; if the {kind} was deleted and re-created, an org admin must pin the new id in the policy"
             );
-            let mut audit = audit_for(&claims, &writ_claims.ci, &input, now, caller);
+            let mut audit = audit_for(Subject::from(&subject), &ci, &input, now, caller);
             deny(&mut audit, "invalid_grant", json!([{"pin_conflict": name}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
@@ -260,8 +280,8 @@ pub async fn exchange(state: &AppState, input: ExchangeInput, caller: &CallerInf
     // Debug, not info: the audit log is the record of every decision, and a
     // log line per grant costs a write to stderr per exchange.
     tracing::debug!(
-        org = %input.org, rule = %grant.rule, repository = ?claims.get_str("repository"), ttl_s = ttl_secs,
-        "granted {} to {} for org {} by rule {}", grant.permissions.join(" "), claims.sub(), input.org, grant.rule
+        org = %input.org, rule = %grant.rule, repository = ?ci.repository, ttl_s = ttl_secs,
+        "granted {} to {} for org {} by rule {}", grant.permissions.join(" "), subject.sub, input.org, grant.rule
     );
     Ok(ExchangeOutput {
         token,
@@ -351,19 +371,39 @@ fn validate_names(input: &ExchangeInput) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Who the subject token names, for its audit record: read from the claims,
+/// or from what is kept of them once they are freed.
+struct Subject<'a> {
+    issuer_name: &'a str,
+    sub: &'a str,
+    jti: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    fn of(claims: &'a VerifiedClaims) -> Subject<'a> {
+        Subject { issuer_name: claims.issuer_name(), sub: claims.sub(), jti: claims.jti() }
+    }
+}
+
+impl<'a> From<&'a TokenSubject> for Subject<'a> {
+    fn from(kept: &'a TokenSubject) -> Subject<'a> {
+        Subject { issuer_name: &kept.issuer_name, sub: &kept.sub, jti: &kept.jti }
+    }
+}
+
 /// The audit record of this exchange, as far as the claims tell; starts as
 /// a denial and becomes a grant only when everything succeeded.
 fn audit_for(
-    claims: &VerifiedClaims,
+    subject: Subject<'_>,
     ci: &CiProvenance,
     input: &ExchangeInput,
     now: i64,
     caller: &CallerInfo,
 ) -> AuditRecord {
     let mut a = AuditRecord::new(now, caller.request_id.clone(), input.org.clone(), Outcome::Denied);
-    a.issuer = Some(claims.issuer_name().to_owned());
-    a.subject = Some(claims.sub().to_owned());
-    a.subject_jti = Some(claims.jti().to_owned());
+    a.issuer = Some(subject.issuer_name.to_owned());
+    a.subject = Some(subject.sub.to_owned());
+    a.subject_jti = Some(subject.jti.to_owned());
     a.repository = ci.repository.clone();
     a.repository_id = ci.repository_id.clone();
     a.ref_ = ci.ref_.clone();

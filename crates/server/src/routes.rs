@@ -189,6 +189,9 @@ pub async fn exchange_json(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: ExchangeRequest = parse_json(&headers, &body)?;
+    // Freed before the exchange waits for its commit, on this thread (see
+    // `exchange::exchange`).
+    drop((headers, body));
     let ttl = req.ttl.as_ref().map(Ttl::parse).transpose()?;
     let input = ExchangeInput {
         subject_token: req.token,
@@ -261,6 +264,8 @@ pub async fn exchange_form(
         ));
     }
     let form = TokenForm::parse(&body)?;
+    // As in `exchange_json`: freed here, before the commit's wait.
+    drop((headers, body));
     let (input, narrowing) = form.into_input()?;
     // The declared type must fit the token: a writ token is narrowed only
     // when the caller says so, and an OIDC token never goes that way.

@@ -279,6 +279,28 @@ async fn a_token_is_exchanged_once() {
     assert_eq!(status, StatusCode::OK);
     let (status, body) = h.exchange(json!({"token": token, "org": "acme-prod"})).await;
     assert_refused(status, &body, "invalid_grant", "already");
+    // The replay's denial names the token as the grant did (it is built
+    // after the claims were freed, from what the exchange kept of them).
+    let audit = h.audit("acme-prod").await;
+    let granted = audit.iter().find(|r| r["outcome"] == "granted").expect("the grant's record");
+    let replay = audit.iter().find(|r| r["outcome"] == "denied").expect("the replay's record");
+    for field in [
+        "issuer",
+        "subject",
+        "subject_jti",
+        "repository",
+        "repository_id",
+        "ref",
+        "environment",
+        "workflow_ref",
+        "run_id",
+        "actor",
+    ] {
+        assert!(!granted[field].is_null(), "grant's {field}: {granted:#}");
+        assert_eq!(replay[field], granted[field], "{field}");
+    }
+    assert_eq!(replay["error"], "invalid_grant");
+    assert_eq!(replay["explanation"][0]["replay"], granted["subject_jti"]);
     // Also through the other front door, and for another org.
     let (status, body) = h.exchange(json!({"token": token, "org": "acme-staging"})).await;
     assert_refused(status, &body, "invalid_grant", "already");
