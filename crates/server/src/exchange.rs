@@ -247,8 +247,9 @@ pub async fn exchange(
     // What the rest needs is kept; the claims, the minted claims, the pins
     // and the policy's explanation are freed now, by the thread that
     // allocated them. After the commit's wait below the request may go on
-    // on the other worker thread, and each of those few dozen strings freed
-    // there would be a cross-thread free (docs/PERFORMANCE.md, session 9).
+    // on the other worker thread, and whenever it does, each of these few
+    // dozen values freed there is a cross-thread free, which costs the
+    // allocator more (docs/PERFORMANCE.md, session 9).
     let ci = std::mem::take(&mut writ_claims.ci);
     let subject = claims.into_subject();
     drop(writ_claims);
