@@ -300,6 +300,11 @@ impl VerifiedClaims {
         TokenSubject { issuer_name: self.issuer_name, sub: self.sub, jti: self.jti }
     }
 
+    /// A copy of who the token names, keeping the claims.
+    pub fn subject(&self) -> TokenSubject {
+        TokenSubject { issuer_name: self.issuer_name.clone(), sub: self.sub.clone(), jti: self.jti.clone() }
+    }
+
     /// Builds claims without verification, for unit tests and for the
     /// offline `policy test --claims` path, which evaluates a claims file the
     /// operator typed in (no token exists there to verify). Never call it on
@@ -322,7 +327,7 @@ impl VerifiedClaims {
 }
 
 /// Who a verified token names, without its other claims
-/// ([`VerifiedClaims::into_subject`]).
+/// ([`VerifiedClaims::subject`], [`VerifiedClaims::into_subject`]).
 #[derive(Debug, Clone)]
 pub struct TokenSubject {
     /// The configured name of the issuer that signed the token.

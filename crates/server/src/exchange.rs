@@ -117,7 +117,7 @@ pub async fn exchange(
     }
 
     let provenance = CiProvenance::from_claims(&claims);
-    let mut audit = audit_for(Subject::of(&claims), &provenance, &input, now, caller);
+    let mut audit = audit_for(claims.subject(), &provenance, &input, now, caller);
 
     let Some(loaded) = state.policies.get(&input.org) else {
         let description = format!(
@@ -262,7 +262,7 @@ pub async fn exchange(
         Err(StorageError::Replay) => {
             let description =
                 "this OIDC token was already exchanged; request a fresh one (each token is accepted once)";
-            let mut audit = audit_for(Subject::from(&subject), &ci, &input, now, caller);
+            let mut audit = audit_for(subject.clone(), &ci, &input, now, caller);
             deny(&mut audit, "invalid_grant", json!([{"replay": subject.jti}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
@@ -271,7 +271,7 @@ pub async fn exchange(
             let description = format!(
                 "{kind} {name} was pinned to id {pinned_id} on first use and this token carries id {presented_id}; if the {kind} was deleted and re-created, an org admin must pin the new id in the policy"
             );
-            let mut audit = audit_for(Subject::from(&subject), &ci, &input, now, caller);
+            let mut audit = audit_for(subject.clone(), &ci, &input, now, caller);
             deny(&mut audit, "invalid_grant", json!([{"pin_conflict": name}]));
             record_denial(state, audit).await?;
             return Err(ApiError::invalid_grant(description));
@@ -372,39 +372,19 @@ fn validate_names(input: &ExchangeInput) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Who the subject token names, for its audit record: read from the claims,
-/// or from what is kept of them once they are freed.
-struct Subject<'a> {
-    issuer_name: &'a str,
-    sub: &'a str,
-    jti: &'a str,
-}
-
-impl<'a> Subject<'a> {
-    fn of(claims: &'a VerifiedClaims) -> Subject<'a> {
-        Subject { issuer_name: claims.issuer_name(), sub: claims.sub(), jti: claims.jti() }
-    }
-}
-
-impl<'a> From<&'a TokenSubject> for Subject<'a> {
-    fn from(kept: &'a TokenSubject) -> Subject<'a> {
-        Subject { issuer_name: &kept.issuer_name, sub: &kept.sub, jti: &kept.jti }
-    }
-}
-
 /// The audit record of this exchange, as far as the claims tell; starts as
 /// a denial and becomes a grant only when everything succeeded.
 fn audit_for(
-    subject: Subject<'_>,
+    subject: TokenSubject,
     ci: &CiProvenance,
     input: &ExchangeInput,
     now: i64,
     caller: &CallerInfo,
 ) -> AuditRecord {
     let mut a = AuditRecord::new(now, caller.request_id.clone(), input.org.clone(), Outcome::Denied);
-    a.issuer = Some(subject.issuer_name.to_owned());
-    a.subject = Some(subject.sub.to_owned());
-    a.subject_jti = Some(subject.jti.to_owned());
+    a.issuer = Some(subject.issuer_name);
+    a.subject = Some(subject.sub);
+    a.subject_jti = Some(subject.jti);
     a.repository = ci.repository.clone();
     a.repository_id = ci.repository_id.clone();
     a.ref_ = ci.ref_.clone();
