@@ -35,12 +35,15 @@ fn start_floor(issuer: &str) -> Floor {
         .stderr(err)
         .spawn()
         .expect("start writ-floor");
+    // Wrapped at once, so that the process is killed and waited for even
+    // if it never listens.
+    let mut floor = Floor { child, addr: SocketAddr::from(([127, 0, 0, 1], 0)), dir };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let text = std::fs::read_to_string(&err_path).unwrap_or_default();
         if let Some(addr) = text.lines().find_map(|l| l.strip_prefix("writ-floor listening on ")) {
-            let addr = addr.trim().parse().expect("address");
-            return Floor { child, addr, dir };
+            floor.addr = addr.trim().parse().expect("address");
+            return floor;
         }
         assert!(Instant::now() < deadline, "writ-floor did not listen: {text}");
         std::thread::sleep(Duration::from_millis(20));

@@ -14,7 +14,8 @@
 //!   JWKS on first use), `iss`, `aud`, `exp`, `nbf` and `iat` checked;
 //! - a fixed rule instead of a policy: `repository`, `ref` and
 //!   `environment` must equal the flags' values;
-//! - each `jti` accepted once (in memory, and in the durable record);
+//! - each `jti` accepted once (a fingerprint in memory, and the `jti` in
+//!   the durable record);
 //! - a writ-shaped token minted with Ed25519;
 //! - one record per exchange (about the size of writ's audit, replay and
 //!   issued-token rows together) written by a group-commit thread that
@@ -92,7 +93,10 @@ struct Floor {
     args: Args,
     keys: OnceCell<HashMap<String, ParsedPublicKey>>,
     signer: Ed25519KeyPair,
-    used: Mutex<HashSet<String>>,
+    /// Fingerprints of the `jti`s taken, in 256 tables by first byte, so
+    /// that no single table grows (and stalls every exchange) all at once;
+    /// writ's replay index does the same.
+    used: Mutex<Vec<HashSet<[u8; 16]>>>,
     commits: std::sync::mpsc::SyncSender<(Vec<u8>, oneshot::Sender<std::io::Result<()>>)>,
     http: reqwest::Client,
 }
@@ -118,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         args,
         keys: OnceCell::new(),
         signer,
-        used: Mutex::new(HashSet::new()),
+        used: Mutex::new((0..256).map(|_| HashSet::new()).collect()),
         commits,
         http: reqwest::Client::new(),
     });
@@ -391,7 +395,12 @@ async fn exchange_inner(floor: &Floor, body: &[u8]) -> Result<Vec<u8>, Refusal> 
     {
         return Err(DENIED);
     }
-    if !floor.used.lock().unwrap_or_else(PoisonError::into_inner).insert(claims.jti.to_string()) {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, claims.jti.as_bytes());
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&digest.as_ref()[..16]);
+    let fresh =
+        floor.used.lock().unwrap_or_else(PoisonError::into_inner)[usize::from(fingerprint[0])].insert(fingerprint);
+    if !fresh {
         return Err(DENIED);
     }
 
