@@ -28,6 +28,7 @@
 //! the benchmark: run it, then point `writ-bench --server` at it (the
 //! method in docs/PERFORMANCE.md).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -48,7 +49,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use tokio::sync::{OnceCell, oneshot};
 
 // The allocator writ's binary uses, so that the two compare like for like.
