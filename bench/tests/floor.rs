@@ -105,10 +105,16 @@ async fn the_floor_exchanges_a_good_token_once_and_refuses_the_rest() {
     let answer: serde_json::Value = serde_json::from_str(body).expect("json answer");
     let token = answer["access_token"].as_str().expect("access_token");
     assert_eq!(token.split('.').count(), 3, "{token}");
-    for (what, (status, body)) in
-        ["replay", "another repository", "another audience", "a forged signature", "garbage"].iter().zip(&answers[1..])
-    {
+    let refusals = [
+        ("replay", "already exchanged"),
+        ("another repository", "fixed rule"),
+        ("another audience", "aud"),
+        ("a forged signature", "signature"),
+        ("garbage", "base64url"),
+    ];
+    for ((what, says), (status, body)) in refusals.iter().zip(&answers[1..]) {
         assert_eq!(*status, 400, "{what} must be refused: {body}");
+        assert!(body.contains(says), "{what}: the refusal should say why: {body}");
     }
     assert_eq!(records(&floor), 1, "one record, for the one exchange granted");
 }

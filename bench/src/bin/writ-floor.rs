@@ -63,8 +63,8 @@ struct Args {
     /// Where to listen (loopback only).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// The issuer whose RS256 tokens are accepted (its JWKS is fetched from
-    /// `<issuer>/.well-known/jwks` on first use).
+    /// The issuer whose RS256 tokens are accepted, on loopback (its JWKS is
+    /// fetched from `<issuer>/.well-known/jwks` on first use).
     #[arg(long)]
     issuer: String,
     /// The `aud` tokens must carry.
@@ -105,6 +105,19 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.listen.ip().is_loopback() {
         bail!("--listen {}: writ-floor is a benchmark yardstick and listens on loopback only", args.listen);
+    }
+    let issuer_on_loopback = url::Url::parse(&args.issuer).ok().and_then(|u| match u.host() {
+        Some(url::Host::Ipv4(ip)) => Some(ip.is_loopback()),
+        Some(url::Host::Ipv6(ip)) => Some(ip.is_loopback()),
+        Some(url::Host::Domain(name)) => Some(name == "localhost"),
+        None => None,
+    });
+    if issuer_on_loopback != Some(true) {
+        bail!(
+            "--issuer {}: give the URL of the fake issuer writ-bench starts on loopback (e.g. http://127.0.0.1:9301); \
+             writ-floor fetches keys from nowhere else",
+            args.issuer
+        );
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
@@ -358,42 +371,61 @@ async fn exchange(State(floor): State<Arc<Floor>>, body: Bytes) -> Response {
 
 type Refusal = (StatusCode, &'static str);
 
+/// A 400 that says what was wrong with the request or its token.
+fn refused(why: &'static str) -> Refusal {
+    (StatusCode::BAD_REQUEST, why)
+}
+
 async fn exchange_inner(floor: &Floor, body: &[u8]) -> Result<Vec<u8>, Refusal> {
-    const BAD: Refusal = (StatusCode::BAD_REQUEST, "invalid request");
-    const DENIED: Refusal = (StatusCode::BAD_REQUEST, "invalid_grant");
-    let request: ExchangeBody<'_> = serde_json::from_slice(body).map_err(|_| BAD)?;
+    let request: ExchangeBody<'_> = serde_json::from_slice(body)
+        .map_err(|_| refused(r#"invalid_request: the body must be JSON {"token": "<OIDC token>", "org": "<org>"}"#))?;
     let token = request.token.as_ref();
     let mut parts = token.split('.');
     let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(DENIED);
+        return Err(refused("invalid_grant: the token is not a JWS of three dot-separated parts"));
     };
-    let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| DENIED)?;
-    let header: Header<'_> = serde_json::from_slice(&header_json).map_err(|_| DENIED)?;
+    const MALFORMED: &str = "invalid_grant: a part of the token is not base64url-encoded JSON";
+    let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| refused(MALFORMED))?;
+    let header: Header<'_> = serde_json::from_slice(&header_json).map_err(|_| refused(MALFORMED))?;
     if header.alg != "RS256" {
-        return Err(DENIED);
+        return Err(refused("invalid_grant: only RS256 tokens are accepted"));
     }
     let keys = floor.keys.get_or_try_init(|| fetch_keys(floor)).await.map_err(|e| {
         eprintln!("writ-floor: fetching the issuer's keys: {e:#}");
         (StatusCode::SERVICE_UNAVAILABLE, "issuer keys unavailable")
     })?;
-    let key = header.kid.as_deref().and_then(|kid| keys.get(kid)).ok_or(DENIED)?;
-    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| DENIED)?;
+    let key = header
+        .kid
+        .as_deref()
+        .and_then(|kid| keys.get(kid))
+        .ok_or(refused("invalid_grant: the token's kid names no key of the issuer"))?;
+    const FORGED: &str = "invalid_grant: the token's signature does not verify with the issuer's key";
+    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| refused(FORGED))?;
     let signed = &token[..header_b64.len() + 1 + payload_b64.len()];
-    key.verify_sig(signed.as_bytes(), &signature).map_err(|_| DENIED)?;
-    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| DENIED)?;
-    let claims: Claims<'_> = serde_json::from_slice(&payload).map_err(|_| DENIED)?;
+    key.verify_sig(signed.as_bytes(), &signature).map_err(|_| refused(FORGED))?;
+    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| refused(MALFORMED))?;
+    let claims: Claims<'_> = serde_json::from_slice(&payload)
+        .map_err(|_| refused("invalid_grant: the token lacks a claim the floor needs, or one has the wrong type"))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
     let in_time = claims.exp + 60 > now && claims.iat <= now + 60 && claims.nbf.is_none_or(|nbf| nbf <= now + 60);
-    if claims.iss != floor.args.issuer || claims.aud != floor.args.audience || !in_time {
-        return Err(DENIED);
+    if claims.iss != floor.args.issuer {
+        return Err(refused("invalid_grant: the token's iss is not the --issuer"));
+    }
+    if claims.aud != floor.args.audience {
+        return Err(refused("invalid_grant: the token's aud is not the --audience"));
+    }
+    if !in_time {
+        return Err(refused("invalid_grant: the token has expired or is not valid yet"));
     }
     if claims.repository != floor.args.repository
         || claims.git_ref != floor.args.git_ref
         || claims.environment.as_deref() != Some(floor.args.environment.as_str())
     {
-        return Err(DENIED);
+        return Err(refused(
+            "invalid_grant: the fixed rule wants --repository, --git-ref and --environment; the token names others",
+        ));
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, claims.jti.as_bytes());
     let mut fingerprint = [0u8; 16];
@@ -401,7 +433,7 @@ async fn exchange_inner(floor: &Floor, body: &[u8]) -> Result<Vec<u8>, Refusal> 
     let fresh =
         floor.used.lock().unwrap_or_else(PoisonError::into_inner)[usize::from(fingerprint[0])].insert(fingerprint);
     if !fresh {
-        return Err(DENIED);
+        return Err(refused("invalid_grant: this token was already exchanged"));
     }
 
     let jti = uuid::Uuid::now_v7().to_string();
