@@ -43,7 +43,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::SqlitePool;
 use tokio::sync::watch;
@@ -151,8 +151,13 @@ struct Wal {
 
 /// A `PASSIVE` checkpoint.
 async fn passive(reader: &SqlitePool) -> Result<Wal, sqlx::Error> {
+    let started = Instant::now();
     let (_, frames, copied): (i64, i64, i64) =
         sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(reader).await?;
+    // At debug, beside the writer's "group commit" lines: a commit that
+    // waited on the disk can be matched with the checkpoint work of the
+    // same moment (docs/PERFORMANCE.md, session 11).
+    tracing::debug!(frames, copied, micros = started.elapsed().as_micros() as u64, "WAL checkpoint (passive)");
     Ok(Wal { frames, copied })
 }
 
@@ -179,7 +184,11 @@ async fn prepare_restart(reader: &SqlitePool, path: &Path) {
 /// `fdatasync` of the database file, on a blocking thread.
 async fn sync_database(path: &Path) -> std::io::Result<()> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || database_file(&path)?.sync_data()).await.map_err(std::io::Error::other)?
+    let started = Instant::now();
+    let synced =
+        tokio::task::spawn_blocking(move || database_file(&path)?.sync_data()).await.map_err(std::io::Error::other)?;
+    tracing::debug!(micros = started.elapsed().as_micros() as u64, "database file synced after a checkpoint");
+    synced
 }
 
 /// The database file at `path`, opened read-only for syncing alone, once per
