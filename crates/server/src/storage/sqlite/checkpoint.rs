@@ -187,7 +187,11 @@ async fn sync_database(path: &Path) -> std::io::Result<()> {
     let started = Instant::now();
     let synced =
         tokio::task::spawn_blocking(move || database_file(&path)?.sync_data()).await.map_err(std::io::Error::other)?;
-    tracing::debug!(micros = started.elapsed().as_micros() as u64, "database file synced after a checkpoint");
+    tracing::debug!(
+        ok = synced.is_ok(),
+        micros = started.elapsed().as_micros() as u64,
+        "database file synced after a checkpoint"
+    );
     synced
 }
 
