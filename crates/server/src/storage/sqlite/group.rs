@@ -24,7 +24,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -316,7 +316,7 @@ fn write_all(
 ) -> Result<Vec<Result<(), StorageError>>, StorageError> {
     // Any early return drops `tx`, which rolls the whole batch back; the
     // callers all get that error and none of them a token.
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(map_err)?;
     let mut results = Vec::with_capacity(writes.len());
     let mut statements = Statements::new(&tx)?;
@@ -349,11 +349,11 @@ fn write_all(
         results.push(result);
     }
     drop(statements);
-    let committing = std::time::Instant::now();
+    let committing = Instant::now();
     tx.commit().map_err(map_err)?;
     // At debug, the two halves of the "group commit" line's time: the
-    // statements (CPU), then the commit (the WAL's writes and its sync),
-    // so a slow batch tells whether it waited on the disk or for a CPU.
+    // statements (mostly CPU), then the commit (mostly the WAL's writes
+    // and its sync), so a slow batch shows which half it was slow in.
     tracing::debug!(
         statements_micros = (committing - started).as_micros() as u64,
         commit_micros = committing.elapsed().as_micros() as u64,
