@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::json;
 use writ_core::claims::{TokenSubject, VerifiedClaims};
 use writ_core::jwt::{ParsedToken, VerifyConfig, VerifyError};
@@ -95,7 +96,10 @@ pub async fn exchange(
     // A writ token as the subject token: narrowing, never a new grant.
     if parsed.as_ref().is_ok_and(|t| t.unverified_iss() == state.config.public_url) {
         drop(parsed);
-        return crate::narrow::narrow(state, input, caller).await;
+        // Boxed, as is every denial's write below: these rare paths' state
+        // would otherwise be part of every exchange's future (see
+        // `record_denial`).
+        return Box::pin(crate::narrow::narrow(state, input, caller)).await;
     }
     validate_input(&input)?;
     let now = state.clock.now();
@@ -444,8 +448,11 @@ fn client_id(claims: &VerifiedClaims) -> String {
     format!("{}:{}", claims.issuer_name(), who.as_deref().unwrap_or(claims.sub()))
 }
 
-async fn record_denial(state: &AppState, audit: AuditRecord) -> Result<(), ApiError> {
-    state.store.record_denial(audit).await.map_err(storage_error)
+/// Writes a denial's audit record. The future is boxed: held inline, its
+/// state and the denial paths' own made the future of every exchange (grants
+/// too) about 6 KiB, allocated and copied whole for each request.
+fn record_denial(state: &AppState, audit: AuditRecord) -> BoxFuture<'_, Result<(), ApiError>> {
+    Box::pin(async move { state.store.record_denial(audit).await.map_err(storage_error) })
 }
 
 /// Storage failures: unavailable → 503 with Retry-After (fail closed);
