@@ -448,9 +448,10 @@ fn client_id(claims: &VerifiedClaims) -> String {
     format!("{}:{}", claims.issuer_name(), who.as_deref().unwrap_or(claims.sub()))
 }
 
-/// Writes a denial's audit record. The future is boxed: held inline, its
-/// state and the denial paths' own made the future of every exchange (grants
-/// too) about 6 KiB, allocated and copied whole for each request.
+/// Writes a denial's audit record. Boxed, like the narrowing path: held
+/// inline, the rare paths' state was part of every exchange's future (6,224
+/// bytes with them, 4,616 without; axum allocates and copies the handler's
+/// future whole for each request).
 fn record_denial(state: &AppState, audit: AuditRecord) -> BoxFuture<'_, Result<(), ApiError>> {
     Box::pin(async move { state.store.record_denial(audit).await.map_err(storage_error) })
 }
