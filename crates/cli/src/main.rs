@@ -4,6 +4,7 @@
 
 mod admin_cmd;
 mod dev;
+mod logging;
 mod policy_cmd;
 mod remote;
 
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use logging::LogFormat;
 
 /// mimalloc instead of the system allocator: the exchange allocates many
 /// small short-lived objects (JSON values, claims, SQL arguments) on
@@ -136,12 +138,6 @@ struct ServeArgs {
     log_format: Option<LogFormat>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Json,
-    Text,
-}
-
 #[derive(Debug, Subcommand)]
 enum DevCommand {
     /// Mint an OIDC token from the dev server's fake GitHub issuer, as a
@@ -167,22 +163,12 @@ enum PolicyCommand {
     Diff(admin_cmd::DiffArgs),
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WRIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.compact().init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => {
             let format = args.log_format.unwrap_or(if args.dev { LogFormat::Text } else { LogFormat::Json });
-            init_tracing(format);
+            logging::init(format);
             run_async(serve(args))
         }
         Command::Dev(DevCommand::Token(args)) => run_async(dev::token(args)),
