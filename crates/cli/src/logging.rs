@@ -37,8 +37,10 @@ pub fn init(format: LogFormat) {
 
 /// A span's fields as one JSON object, the shape the JSON event formatter
 /// reads back (`{"method":"POST","path":"/v1/exchange",…}`): strings and
-/// anything recorded with `%` or `?` as JSON strings, integers, booleans and
-/// finite floats as JSON numbers and booleans. Names are written in the
+/// anything recorded with `%` or `?` as JSON strings, 64-bit integers,
+/// booleans and finite floats as JSON numbers and booleans, and 128-bit
+/// integers as strings (through `record_debug`, as the crate's formatter
+/// writes them). Names are written in the
 /// order they were recorded (the crate's own formatter sorts them; a JSON
 /// object has no order).
 pub struct SpanFieldsJson;
@@ -138,16 +140,6 @@ impl Visit for JsonObject {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.text, "{value}");
-    }
-
-    fn record_i128(&mut self, field: &Field, value: i128) {
-        self.key(field);
-        let _ = write!(self.text, "{value}");
-    }
-
-    fn record_u128(&mut self, field: &Field, value: u128) {
         self.key(field);
         let _ = write!(self.text, "{value}");
     }
@@ -263,6 +255,7 @@ mod tests {
                 r#type = ?Some(7),
                 attempt = 3_u64,
                 delta = -2_i64,
+                wide = 170_141_183_460_469_231_731_687_303_715_884_105_727_i128,
                 retried = true,
                 ratio = 0.25,
                 later = tracing::field::Empty,
