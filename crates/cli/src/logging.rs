@@ -6,9 +6,9 @@
 //! of the spans it happened in. tracing-subscriber formats a span's fields
 //! when the span is created, whether or not an event ever prints them, so
 //! that cost is paid by every request, including every exchange that logs
-//! nothing. [`SpanFieldsJson`] writes the same JSON object as the crate's
-//! own `JsonFields`, straight into one buffer, instead of building a map of
-//! `serde_json::Value`s first (docs/PERFORMANCE.md, session 13).
+//! nothing. [`SpanFieldsJson`] writes the object that the crate's own
+//! `JsonFields` would, straight into one buffer, instead of building a map
+//! of `serde_json::Value`s first (docs/PERFORMANCE.md, session 13).
 
 use std::fmt::{self, Write as _};
 
@@ -37,12 +37,14 @@ pub fn init(format: LogFormat) {
 
 /// A span's fields as one JSON object, the shape the JSON event formatter
 /// reads back (`{"method":"POST","path":"/v1/exchange",…}`): strings and
-/// anything recorded with `%` or `?` as JSON strings, 64-bit integers,
-/// booleans and finite floats as JSON numbers and booleans, and 128-bit
+/// anything recorded with `%` or `?` as JSON strings; 64-bit integers,
+/// booleans and finite floats as JSON numbers and booleans; 128-bit
 /// integers as strings (through `record_debug`, as the crate's formatter
-/// writes them). Names are written in the
-/// order they were recorded (the crate's own formatter sorts them; a JSON
-/// object has no order).
+/// writes them). Two differences from the crate's formatter, neither of
+/// which an event's parsed line shows: names come in the order they were
+/// recorded (the crate sorts them; a JSON object has no order), and a
+/// float JSON cannot hold (NaN, infinity) is written as a string where the
+/// crate writes `null`.
 pub struct SpanFieldsJson;
 
 impl<'writer> FormatFields<'writer> for SpanFieldsJson {
@@ -177,6 +179,8 @@ impl fmt::Write for JsonEscape<'_> {
                 0x00..=0x1f => "",
                 _ => continue,
             };
+            // Every byte escaped here is ASCII, so `at` and `at + 1` are
+            // character boundaries and these slices cannot panic.
             self.0.push_str(&s[plain..at]);
             if escaped.is_empty() {
                 write!(self.0, "\\u{byte:04x}")?;
