@@ -189,11 +189,13 @@ pub async fn exchange(
 
     let ttl_secs = grant.ttl.as_secs().max(1);
     let expires_at = now + ttl_secs as i64;
-    // UUIDv7: unique like v4 (74 random bits) but ordered by time, so the
-    // issued-token index grows at its end instead of touching a random
-    // page per exchange (less to write and sync per commit). The time it
-    // reveals is the token's `iat` anyway.
-    let jti = uuid::Uuid::now_v7().to_string();
+    // The token's jti is its grant's audit id: a UUIDv7, unique like v4
+    // (74 random bits) but ordered by time, so the records keyed by it grow
+    // at their end instead of touching a random page per exchange. The
+    // time it reveals is the token's `iat` anyway. One id for both lets a
+    // backend keep the issued token as the audit row itself
+    // ([`ExchangeRecord::audit_holds_issued`]; SQLite does).
+    let jti = audit.id.hyphenated().to_string();
     let mut writ_claims = WritClaims {
         iss: state.config.public_url.clone(),
         aud: token_audience,

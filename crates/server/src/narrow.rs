@@ -46,7 +46,7 @@ pub async fn narrow(state: &AppState, input: ExchangeInput, caller: &CallerInfo)
         AuthFailure::Revoked => ApiError::invalid_grant("the token was revoked; nothing can be narrowed from it"),
         AuthFailure::Storage(e) => e,
     })?;
-    let Some(issued) = state.store.get_issued_token(&parent.jti).await.map_err(storage_error)? else {
+    let Some(issued) = state.store.get_issued_token(&parent.org, &parent.jti).await.map_err(storage_error)? else {
         tracing::warn!(jti = %parent.jti, "a validly signed writ token has no issued-token record");
         return Err(ApiError::invalid_grant("this server has no record of issuing the token"));
     };

@@ -196,9 +196,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// token only after this returns `Ok`: no audit record, no token.
     async fn record_exchange(&self, rec: ExchangeRecord) -> Result<(), StorageError>;
 
-    /// The issued-token row of a writ token, for introspection and
-    /// revocation.
-    async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError>;
+    /// The record of the writ token `jti` issued for `org`, for narrowing
+    /// and revocation; `None` when no such token was issued for that org
+    /// (another org's token is as absent as one never issued).
+    async fn get_issued_token(&self, org: &str, jti: &str) -> Result<Option<IssuedToken>, StorageError>;
 
     /// Records a denied decision: the audit record only. The `jti` is not
     /// consumed, so a caller who fixes their request can retry with the same
@@ -433,6 +434,35 @@ pub struct ExchangeRecord {
     pub audit: AuditRecord,
     /// The token being issued.
     pub issued: IssuedToken,
+}
+
+impl ExchangeRecord {
+    /// Whether the audit record already holds everything `issued` says, so
+    /// that a backend may keep the token as that row and write nothing
+    /// more (SQLite does: schema version 6). It does when the grant's
+    /// audit id is the token's `jti` (as the exchange makes them) and the
+    /// org, subject (`<issuer>:<sub>`), repository, run, rule, issue time
+    /// and expiry agree.
+    pub fn audit_holds_issued(&self) -> bool {
+        let (a, t) = (&self.audit, &self.issued);
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let subject_agrees = match (&a.issuer, &a.subject) {
+            (Some(issuer), Some(sub)) => {
+                t.subject.strip_prefix(issuer.as_str()).and_then(|rest| rest.strip_prefix(':')) == Some(sub.as_str())
+            }
+            _ => false,
+        };
+        a.outcome == Outcome::Granted
+            && *a.id.hyphenated().encode_lower(&mut id) == *t.jti
+            && a.token_jti.as_deref() == Some(t.jti.as_str())
+            && a.org == t.org
+            && subject_agrees
+            && a.repository == t.repository
+            && a.run_id == t.run_id
+            && a.rule.as_deref() == Some(t.rule.as_str())
+            && a.time == t.issued_at
+            && a.token_expires_at == Some(t.expires_at)
+    }
 }
 
 /// Whether a decision granted a token.

@@ -558,12 +558,13 @@ impl Storage for PgStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError> {
+    async fn get_issued_token(&self, org: &str, jti: &str) -> Result<Option<IssuedToken>, StorageError> {
         let row = sqlx::query(
             "SELECT jti, org, subject, repository, run_id, rule, issued_at, expires_at \
-             FROM issued_tokens WHERE jti = $1",
+             FROM issued_tokens WHERE jti = $1 AND org = $2",
         )
         .bind(jti)
+        .bind(org)
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;

@@ -594,11 +594,19 @@ impl Storage for SqliteStore {
         self.commits.write(Write::Denial(Box::new(audit))).await
     }
 
-    async fn get_issued_token(&self, jti: &str) -> Result<Option<IssuedToken>, StorageError> {
+    async fn get_issued_token(&self, org: &str, jti: &str) -> Result<Option<IssuedToken>, StorageError> {
+        // An exchange's token is its grant's audit row (schema version 6,
+        // `group::insert_issued`); other tokens (narrowed ones, and those
+        // issued before version 6) are rows of `issued_tokens`.
         let row = sqlx::query(
             "SELECT jti, org, subject, repository, run_id, rule, issued_at, expires_at \
-             FROM issued_tokens WHERE jti = ?",
+             FROM issued_tokens WHERE jti = ?2 AND org = ?1 \
+             UNION ALL \
+             SELECT id, org, issuer || ':' || subject, repository, run_id, rule, time, token_expires_at \
+             FROM audit WHERE org = ?1 AND id = ?2 AND token_jti = id \
+             AND NOT EXISTS (SELECT 1 FROM issued_tokens WHERE jti = ?2)",
         )
+        .bind(org)
         .bind(jti)
         .fetch_optional(&self.reader)
         .await
@@ -866,6 +874,42 @@ mod admin {
         tx.commit().await.map_err(map_err)
     }
 
+    /// Revokes the selected tokens of an org, then every token narrowed
+    /// from them (narrowing keeps the org, so the walk stays inside it).
+    /// Expired tokens are left alone: they are refused anyway. Binds: ?1
+    /// org, ?2 now, ?3 the target's kind (`jti`, `repository`, `run_id`,
+    /// `rule`), ?4 its value, ?5 the reason, ?6 who revoked.
+    ///
+    /// An org's unexpired tokens (`live`) are its exchanges' grants, whose
+    /// audit rows are the tokens (schema version 6; the partial index
+    /// `audit_tokens` holds just those rows, by org and expiry), and the
+    /// rows of `issued_tokens`: narrowed tokens, tokens issued before
+    /// version 6, and any an audit row did not hold (that table's row is
+    /// the token's record then). Narrowed tokens are only ever in
+    /// `issued_tokens`, so the walk to them reads that.
+    pub(super) const REVOKE_SQL: &str = "WITH RECURSIVE live(jti, org, expires_at, issued_at, repository, run_id, rule) AS ( \
+             SELECT id, org, token_expires_at, time, repository, run_id, rule FROM audit \
+             WHERE org = ?1 AND token_jti = id AND token_expires_at > ?2 \
+             AND NOT EXISTS (SELECT 1 FROM issued_tokens AS i WHERE i.jti = audit.id) \
+             UNION ALL \
+             SELECT jti, org, expires_at, issued_at, repository, run_id, rule FROM issued_tokens \
+             WHERE org = ?1 AND expires_at > ?2 \
+         ), \
+         targets(jti) AS ( \
+             SELECT jti FROM live WHERE \
+                 (?3 = 'jti' AND jti = ?4) \
+                 OR (?3 = 'repository' AND repository = ?4 COLLATE NOCASE) \
+                 OR (?3 = 'run_id' AND run_id = ?4) \
+                 OR (?3 = 'rule' AND rule = ?4) \
+             UNION \
+             SELECT child.jti FROM issued_tokens AS child JOIN targets ON child.parent_jti = targets.jti \
+         ) \
+         INSERT INTO revocations (jti, org, expires_at, revoked_at, reason, revoked_by) \
+         SELECT t.jti, t.org, t.expires_at, ?2, ?5, ?6 FROM live AS t \
+         WHERE t.jti IN (SELECT jti FROM targets) \
+         ORDER BY t.issued_at, t.jti \
+         ON CONFLICT (jti) DO NOTHING";
+
     pub(super) async fn revoke(writer: &SqlitePool, r: &Revocation) -> Result<u64, StorageError> {
         let (kind, value) = match &r.target {
             RevocationTarget::Jti(v) => ("jti", v),
@@ -873,34 +917,16 @@ mod admin {
             RevocationTarget::RunId(v) => ("run_id", v),
             RevocationTarget::Rule(v) => ("rule", v),
         };
-        // The selected tokens of this org, then every token narrowed from
-        // them (narrowing keeps the org, so the walk stays inside it).
-        // Expired tokens are left alone: they are refused anyway.
-        let done = sqlx::query(
-            "WITH RECURSIVE targets(jti) AS ( \
-                 SELECT jti FROM issued_tokens WHERE org = ?1 AND expires_at > ?2 AND ( \
-                     (?3 = 'jti' AND jti = ?4) \
-                     OR (?3 = 'repository' AND repository = ?4 COLLATE NOCASE) \
-                     OR (?3 = 'run_id' AND run_id = ?4) \
-                     OR (?3 = 'rule' AND rule = ?4)) \
-                 UNION \
-                 SELECT child.jti FROM issued_tokens AS child JOIN targets ON child.parent_jti = targets.jti \
-             ) \
-             INSERT INTO revocations (jti, org, expires_at, revoked_at, reason, revoked_by) \
-             SELECT t.jti, t.org, t.expires_at, ?2, ?5, ?6 FROM issued_tokens AS t \
-             WHERE t.jti IN (SELECT jti FROM targets) AND t.org = ?1 AND t.expires_at > ?2 \
-             ORDER BY t.issued_at, t.jti \
-             ON CONFLICT (jti) DO NOTHING",
-        )
-        .bind(&r.org)
-        .bind(r.now)
-        .bind(kind)
-        .bind(value)
-        .bind(&r.reason)
-        .bind(&r.revoked_by)
-        .execute(writer)
-        .await
-        .map_err(map_err)?;
+        let done = sqlx::query(REVOKE_SQL)
+            .bind(&r.org)
+            .bind(r.now)
+            .bind(kind)
+            .bind(value)
+            .bind(&r.reason)
+            .bind(&r.revoked_by)
+            .execute(writer)
+            .await
+            .map_err(map_err)?;
         Ok(done.rows_affected())
     }
 
@@ -939,7 +965,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::storage::suite;
+    use crate::storage::{Revocation, RevocationTarget, suite};
 
     async fn file_store(dir: &tempfile::TempDir) -> SqliteStore {
         let path = dir.path().join("writ.db");
@@ -1149,6 +1175,110 @@ mod tests {
             .await
             .expect("new record");
         assert_eq!(seq, 4);
+    }
+
+    /// Schema v6: a token its grant's audit row holds is written once, as
+    /// that row; one the row does not hold still gets its own.
+    #[tokio::test]
+    async fn a_token_its_audit_row_holds_is_written_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        let held = suite::exchange_as_made("subject-1", "t-1", 2_000);
+        store.record_exchange(held.clone()).await.expect("exchange");
+        let mut other = suite::exchange_as_made("subject-2", "t-2", 2_000);
+        other.issued.run_id = Some("43".into());
+        store.record_exchange(other.clone()).await.expect("exchange");
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT jti FROM issued_tokens").fetch_all(&store.reader).await.expect("issued tokens");
+        assert_eq!(rows, [other.issued.jti.clone()]);
+        for rec in [held, other] {
+            assert_eq!(store.get_issued_token("acme", &rec.issued.jti).await.expect("issued"), Some(rec.issued));
+        }
+        // Revocation finds the org's unexpired tokens through the partial
+        // index, not by reading the org's whole audit log.
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", admin::REVOKE_SQL)))
+            .bind("acme")
+            .bind(1_000)
+            .bind("repository")
+            .bind("acme/web")
+            .bind("test")
+            .bind(None::<String>)
+            .fetch_all(&store.reader)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+        assert!(plan.iter().any(|step| step.contains("SEARCH audit USING INDEX audit_tokens")), "{plan:#?}");
+        assert!(!plan.iter().any(|step| step.starts_with("SCAN audit")), "{plan:#?}");
+        let n = store
+            .revoke(&Revocation {
+                org: "acme".into(),
+                target: RevocationTarget::Repository("acme/web".into()),
+                reason: "test".into(),
+                revoked_by: None,
+                now: 1_000,
+            })
+            .await
+            .expect("revoke");
+        assert_eq!(n, 2);
+    }
+
+    /// Schema v6 keeps an exchange's token as its grant's audit row; the
+    /// tokens a version 5 file holds in `issued_tokens` stay there and are
+    /// still found, revoked and narrowed from.
+    #[tokio::test]
+    async fn tokens_issued_under_schema_v5_stay_revocable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        {
+            let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+                .expect("url")
+                .create_if_missing(true);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open v5");
+            MIGRATOR.run_to(5, &pool).await.expect("schema v5");
+            // What version 5 wrote for a grant: the audit row under its own
+            // id, and the token again in issued_tokens.
+            sqlx::query(
+                "INSERT INTO audit (id, time, request_id, org, outcome, rule, issuer, subject, repository, run_id, \
+                 requested_permissions, requested_apps, requested_machines, granted_permissions, token_jti, \
+                 token_expires_at) VALUES ('0190a0b0-0000-7000-8000-000000000001', 100, 'req-1', 'acme', \
+                 'granted', 'deploy-web', 'github', 'repo:acme/web', 'acme/web', '1', '[]', '[]', '[]', \
+                 '[\"deploy\"]', '0190a0b0-0000-7000-8000-000000000002', 2000)",
+            )
+            .execute(&pool)
+            .await
+            .expect("v5 audit");
+            sqlx::query(
+                "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at) \
+                 VALUES ('0190a0b0-0000-7000-8000-000000000002', 'acme', 'github:repo:acme/web', 'acme/web', \
+                 '1', 'deploy-web', 100, 2000)",
+            )
+            .execute(&pool)
+            .await
+            .expect("v5 token");
+            pool.close().await;
+        }
+        let store = file_store(&dir).await;
+        let old = "0190a0b0-0000-7000-8000-000000000002";
+        let found = store.get_issued_token("acme", old).await.expect("issued").expect("the v5 token");
+        assert_eq!((found.subject.as_str(), found.issued_at, found.expires_at), ("github:repo:acme/web", 100, 2_000));
+        assert_eq!(store.get_issued_token("beta", old).await.expect("issued"), None);
+
+        store.record_exchange(suite::exchange_as_made("subject-1", "new", 2_000)).await.expect("exchange");
+        let n = store
+            .revoke(&Revocation {
+                org: "acme".into(),
+                target: RevocationTarget::Repository("ACME/web".into()),
+                reason: "test".into(),
+                revoked_by: None,
+                now: 1_000,
+            })
+            .await
+            .expect("revoke");
+        assert_eq!(n, 2, "the version 5 token and the new one");
+        assert!(store.is_revoked(old).await.expect("is_revoked"));
+        assert!(store.is_revoked(&suite::held("new")).await.expect("is_revoked"));
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ macro_rules! all_cases {
             policy_versions_history_and_conflict,
             list_policies_returns_latest_of_each_org,
             exchange_writes_everything,
+            a_token_its_audit_row_holds_reads_back_whole,
             replayed_jti_is_refused_and_nothing_else_written,
             pin_conflict_rolls_back_jti_and_audit,
             pins_are_case_insensitive_and_per_issuer,
@@ -112,6 +113,20 @@ fn exchange_with_pins(subject_jti: &str, token_jti: &str, exp: i64, pins: Vec<Pi
     }
 }
 
+/// An exchange's record as the exchange makes it: the token's jti is
+/// [`held`]`(token)`, its grant's audit id, and the audit record agrees
+/// with the issued token in everything.
+pub(crate) fn exchange_as_made(subject_jti: &str, token: &str, exp: i64) -> ExchangeRecord {
+    let mut rec = exchange(subject_jti, &held(token), exp);
+    rec.new_pins.clear();
+    rec.audit.id = Uuid::parse_str(&rec.issued.jti).expect("a held jti is a UUID");
+    rec.audit.issuer = Some("github".into());
+    rec.audit.subject = Some("repo:acme/web:ref:refs/heads/main".into());
+    rec.audit.run_id = Some("42".into());
+    rec.audit.time = rec.issued.issued_at;
+    rec
+}
+
 fn signing_key(kid: &str, activates_at: i64) -> StoredSigningKey {
     StoredSigningKey {
         kid: kid.into(),
@@ -186,9 +201,38 @@ pub(crate) async fn exchange_writes_everything(store: Arc<dyn Storage>) {
     store.record_exchange(rec.clone()).await.expect("exchange");
 
     assert_eq!(store.audit_recent("acme", 10).await.expect("audit"), vec![rec.audit.clone()]);
-    assert_eq!(store.get_issued_token("token-1").await.expect("issued"), Some(rec.issued.clone()));
+    assert_eq!(store.get_issued_token("acme", "token-1").await.expect("issued"), Some(rec.issued.clone()));
+    assert_eq!(store.get_issued_token("beta", "token-1").await.expect("issued"), None, "another org's token");
     let pins = store.get_pins(ISSUER, &pin_keys()).await.expect("pins");
     assert_eq!(pins, rec.new_pins);
+}
+
+/// The exchange's own shape: the token's jti is its grant's audit id, and
+/// the audit record says everything the issued token does. A backend may
+/// keep such a token as that row (SQLite does); either way it reads back
+/// whole, for its org only, and a record the audit row does not hold (a
+/// rule that differs) is kept whole too.
+pub(crate) async fn a_token_its_audit_row_holds_reads_back_whole(store: Arc<dyn Storage>) {
+    let token = issued(&held("t-1"), "acme", "acme/web", "7", "deploy-web", 2_000);
+    grant(&store, token.clone()).await;
+    assert_eq!(store.get_issued_token("acme", &token.jti).await.expect("issued"), Some(token.clone()));
+    assert_eq!(store.get_issued_token("beta", &token.jti).await.expect("issued"), None, "another org's token");
+    assert_eq!(store.get_issued_token("acme", &held("t-2")).await.expect("issued"), None, "never issued");
+    let audit = store.audit_recent("acme", 10).await.expect("audit");
+    assert_eq!(audit.len(), 1);
+    assert_eq!((audit[0].id.to_string(), audit[0].token_jti.clone()), (token.jti.clone(), Some(token.jti.clone())));
+
+    let mut rec = exchange_as_made("subject-3", "t-3", 2_000);
+    assert!(rec.audit_holds_issued(), "{rec:?}");
+    rec.issued.rule = "another-rule".into();
+    assert!(!rec.audit_holds_issued());
+    store.record_exchange(rec.clone()).await.expect("exchange");
+    assert_eq!(store.get_issued_token("acme", &held("t-3")).await.expect("issued"), Some(rec.issued));
+    // Revocation goes by the issued token's rule, not by its audit row's.
+    let by_rule = |rule: &str| revocation("acme", RevocationTarget::Rule(rule.into()), 1_000);
+    assert_eq!(store.revoke(&by_rule("deploy-web")).await.expect("revoke"), 1);
+    assert_eq!(revoked(&store, &[&token.jti, &held("t-3")]).await, [true, false]);
+    assert_eq!(store.revoke(&by_rule("another-rule")).await.expect("revoke"), 1);
 }
 
 pub(crate) async fn replayed_jti_is_refused_and_nothing_else_written(store: Arc<dyn Storage>) {
@@ -201,7 +245,7 @@ pub(crate) async fn replayed_jti_is_refused_and_nothing_else_written(store: Arc<
     assert!(matches!(result, Err(StorageError::Replay)), "{result:?}");
 
     assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), 1, "no audit");
-    assert_eq!(store.get_issued_token("token-2").await.expect("issued"), None, "no token");
+    assert_eq!(store.get_issued_token("acme", "token-2").await.expect("issued"), None, "no token");
     let evil = store.get_pins(ISSUER, &[(PinKind::Owner, "evil".into())]).await.expect("pins");
     assert!(evil.is_empty(), "no pins");
 
@@ -233,7 +277,7 @@ pub(crate) async fn pin_conflict_rolls_back_jti_and_audit(store: Arc<dyn Storage
         other => panic!("expected a pin conflict, got {other:?}"),
     }
     assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), 1, "audit rolled back");
-    assert_eq!(store.get_issued_token("token-2").await.expect("issued"), None);
+    assert_eq!(store.get_issued_token("acme", "token-2").await.expect("issued"), None);
     let pins = store.get_pins(ISSUER, &pin_keys()).await.expect("pins");
     assert!(pins.iter().all(|p| p.id != "11"), "pin unchanged: {pins:?}");
 
@@ -446,11 +490,37 @@ fn issued(jti: &str, org: &str, repository: &str, run: &str, rule: &str, expires
     }
 }
 
+/// The jti of a token its grant's audit row holds, as the exchange makes
+/// them (the jti is the audit id, a UUID), named `name` (up to 16 bytes)
+/// for whoever reads a case. The other tokens of the cases, named plainly,
+/// are ones an audit row does not hold, like narrowed tokens and those a
+/// version 5 SQLite file holds: the revocation cases mix both.
+pub(crate) fn held(name: &str) -> String {
+    assert!(name.len() <= 16, "{name:?} is longer than 16 bytes");
+    let mut bytes = [0u8; 16];
+    bytes.iter_mut().zip(name.bytes()).for_each(|(b, n)| *b = n);
+    Uuid::from_bytes(bytes).hyphenated().to_string()
+}
+
+/// Records the exchange that issued `token`, its audit record agreeing
+/// with it; the audit row holds the token when its jti is [`held`].
 async fn grant(store: &Arc<dyn Storage>, token: IssuedToken) {
     let mut rec = exchange(&format!("subject-of-{}", token.jti), &token.jti, token.expires_at);
     rec.new_pins.clear();
-    rec.audit.org = token.org.clone();
+    let a = &mut rec.audit;
+    let (issuer, sub) = token.subject.split_once(':').expect("a subject is <issuer>:<sub>");
+    (a.issuer, a.subject) = (Some(issuer.into()), Some(sub.into()));
+    a.org = token.org.clone();
+    a.time = token.issued_at;
+    a.repository = token.repository.clone();
+    a.run_id = token.run_id.clone();
+    a.rule = Some(token.rule.clone());
+    let held = Uuid::parse_str(&token.jti);
+    if let Ok(id) = held {
+        a.id = id;
+    }
     rec.issued = token;
+    assert_eq!(rec.audit_holds_issued(), held.is_ok(), "{rec:?}");
     store.record_exchange(rec).await.expect("exchange");
 }
 
@@ -474,14 +544,16 @@ async fn revoked(store: &Arc<dyn Storage>, jtis: &[&str]) -> Vec<bool> {
 }
 
 pub(crate) async fn revocation_targets_stay_inside_their_org(store: Arc<dyn Storage>) {
-    grant(&store, issued("a1", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    // a1, a3 and b1 are their grants' audit rows; a2 and old are not.
+    let (a1, a3, b1) = (held("a1"), held("a3"), held("b1"));
+    grant(&store, issued(&a1, "acme", "acme/web", "1", "deploy-web", 2_000)).await;
     grant(&store, issued("a2", "acme", "ACME/Web", "2", "deploy-web", 2_000)).await;
-    grant(&store, issued("a3", "acme", "acme/api", "3", "deploy-api", 2_000)).await;
-    grant(&store, issued("b1", "beta", "acme/web", "1", "deploy-web", 2_000)).await;
+    grant(&store, issued(&a3, "acme", "acme/api", "3", "deploy-api", 2_000)).await;
+    grant(&store, issued(&b1, "beta", "acme/web", "1", "deploy-web", 2_000)).await;
     grant(&store, issued("old", "acme", "acme/web", "4", "deploy-web", 900)).await;
-    let all = ["a1", "a2", "a3", "b1", "old"];
+    let all = [a1.as_str(), "a2", &a3, &b1, "old"];
 
-    let n = store.revoke(&revocation("acme", RevocationTarget::Jti("b1".into()), 1_000)).await.expect("revoke");
+    let n = store.revoke(&revocation("acme", RevocationTarget::Jti(b1.clone()), 1_000)).await.expect("revoke");
     assert_eq!(n, 0, "a jti of another org is not touched");
     let n = store.revoke(&revocation("acme", RevocationTarget::Repository("acme/WEB".into()), 1_000)).await;
     assert_eq!(n.expect("revoke"), 2, "both spellings, not the expired one, not org beta's");
@@ -499,19 +571,22 @@ pub(crate) async fn revocation_targets_stay_inside_their_org(store: Arc<dyn Stor
 }
 
 pub(crate) async fn revoking_a_token_revokes_its_narrowed_descendants(store: Arc<dyn Storage>) {
-    grant(&store, issued("root", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    // The root is its grant's audit row, the sibling is not; narrowed
+    // tokens never are.
+    let root = held("root");
+    grant(&store, issued(&root, "acme", "acme/web", "1", "deploy-web", 2_000)).await;
     grant(&store, issued("sibling", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
     store
-        .record_narrowing(narrowing("root", issued("child", "acme", "acme/web", "1", "deploy-web", 1_900)))
+        .record_narrowing(narrowing(&root, issued("child", "acme", "acme/web", "1", "deploy-web", 1_900)))
         .await
         .expect("child");
     store
         .record_narrowing(narrowing("child", issued("grandchild", "acme", "acme/web", "1", "deploy-web", 1_800)))
         .await
         .expect("grandchild");
-    let n = store.revoke(&revocation("acme", RevocationTarget::Jti("root".into()), 1_000)).await.expect("revoke");
+    let n = store.revoke(&revocation("acme", RevocationTarget::Jti(root.clone()), 1_000)).await.expect("revoke");
     assert_eq!(n, 3, "the token, its child and its grandchild");
-    assert_eq!(revoked(&store, &["root", "child", "grandchild", "sibling"]).await, [true, true, true, false]);
+    assert_eq!(revoked(&store, &[&root, "child", "grandchild", "sibling"]).await, [true, true, true, false]);
 
     // Revoking a child leaves its parent alone.
     store
@@ -523,17 +598,22 @@ pub(crate) async fn revoking_a_token_revokes_its_narrowed_descendants(store: Arc
 
     // The narrowing is in the audit log, naming its parent.
     let audit = store.audit_recent("acme", 10).await.expect("audit");
-    assert!(audit.iter().any(|a| a.token_jti.as_deref() == Some("child") && a.subject_jti.as_deref() == Some("root")));
+    assert!(audit.iter().any(|a| a.token_jti.as_deref() == Some("child") && a.subject_jti.as_deref() == Some(&*root)));
+
+    // A repository's tokens of both kinds, and their narrowed ones.
+    let n = store.revoke(&revocation("acme", RevocationTarget::Repository("acme/web".into()), 1_000)).await;
+    assert_eq!(n.expect("revoke"), 1, "only the sibling was left");
+    assert_eq!(revoked(&store, &["sibling"]).await, [true]);
 }
 
 pub(crate) async fn narrowing_a_revoked_token_writes_nothing(store: Arc<dyn Storage>) {
-    grant(&store, issued("parent", "acme", "acme/web", "1", "deploy-web", 2_000)).await;
-    store.revoke(&revocation("acme", RevocationTarget::Jti("parent".into()), 1_000)).await.expect("revoke");
+    let parent = held("parent");
+    grant(&store, issued(&parent, "acme", "acme/web", "1", "deploy-web", 2_000)).await;
+    store.revoke(&revocation("acme", RevocationTarget::Jti(parent.clone()), 1_000)).await.expect("revoke");
     let before = store.audit_recent("acme", 10).await.expect("audit").len();
-    let result =
-        store.record_narrowing(narrowing("parent", issued("child", "acme", "acme/web", "1", "r", 1_900))).await;
+    let result = store.record_narrowing(narrowing(&parent, issued("child", "acme", "acme/web", "1", "r", 1_900))).await;
     assert!(matches!(result, Err(StorageError::Revoked)), "{result:?}");
-    assert_eq!(store.get_issued_token("child").await.expect("issued"), None);
+    assert_eq!(store.get_issued_token("acme", "child").await.expect("issued"), None);
     assert_eq!(store.audit_recent("acme", 10).await.expect("audit").len(), before, "no audit record either");
 }
 
@@ -562,7 +642,9 @@ pub(crate) async fn revocation_feed_is_ordered_paged_and_drops_expired(store: Ar
 
 pub(crate) async fn concurrent_revocations_count_each_token_once(store: Arc<dyn Storage>) {
     for i in 0..5 {
-        grant(&store, issued(&format!("t{i}"), "acme", "acme/web", "7", "r", 2_000)).await;
+        let name = format!("t{i}");
+        let jti = if i % 2 == 0 { held(&name) } else { name };
+        grant(&store, issued(&jti, "acme", "acme/web", "7", "r", 2_000)).await;
     }
     let tasks: Vec<_> = (0..6)
         .map(|_| {
@@ -652,6 +734,7 @@ pub(crate) async fn revocation_feed_never_skips_with_concurrent_revokers(store: 
 pub(crate) async fn narrowing_racing_a_revocation_never_leaves_a_live_child(store: Arc<dyn Storage>) {
     for round in 0..12 {
         let (parent, child) = (format!("parent-{round}"), format!("child-{round}"));
+        let parent = if round % 2 == 0 { held(&parent) } else { parent };
         grant(&store, issued(&parent, "acme", "acme/web", "1", "r", 2_000)).await;
         let narrow = {
             let store = Arc::clone(&store);
@@ -668,7 +751,7 @@ pub(crate) async fn narrowing_racing_a_revocation_never_leaves_a_live_child(stor
         match narrowed {
             Ok(()) => assert!(store.is_revoked(&child).await.expect("is_revoked"), "round {round}: live child"),
             Err(StorageError::Revoked) => {
-                assert_eq!(store.get_issued_token(&child).await.expect("issued"), None, "round {round}")
+                assert_eq!(store.get_issued_token("acme", &child).await.expect("issued"), None, "round {round}")
             }
             Err(other) => panic!("round {round}: {other:?}"),
         }

@@ -419,24 +419,23 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// (hashing the text, moving it out of the cache and back) cost about as
 /// much as binding its parameters.
 struct Statements<'c> {
+    tx: &'c Transaction<'c>,
     used_jti: CachedStatement<'c>,
     audit: CachedStatement<'c>,
-    issued: CachedStatement<'c>,
+    /// Taken when a batch first needs it: the exchange's own records never
+    /// do (see [`insert_issued`]).
+    issued: Option<CachedStatement<'c>>,
 }
 
 impl<'c> Statements<'c> {
-    fn new(tx: &'c Transaction<'_>) -> Result<Statements<'c>, StorageError> {
+    fn new(tx: &'c Transaction<'c>) -> Result<Statements<'c>, StorageError> {
         Ok(Statements {
+            tx,
             used_jti: tx
                 .prepare_cached("INSERT INTO used_jtis (expires_at, seq, issuer, jti) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(map_err)?,
             audit: tx.prepare_cached(super::audit_insert_sql()).map_err(map_err)?,
-            issued: tx
-                .prepare_cached(
-                    "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(map_err)?,
+            issued: None,
         })
     }
 }
@@ -446,7 +445,7 @@ impl<'c> Statements<'c> {
 fn write_exchange(statements: &mut Statements<'_>, rec: &ExchangeRecord, seq: i64) -> Result<(), StorageError> {
     insert_used_jti(&mut statements.used_jti, rec, seq)?;
     insert_audit(&mut statements.audit, &rec.audit)?;
-    insert_issued(&mut statements.issued, rec)
+    insert_issued(statements, rec)
 }
 
 /// Writes one exchange that records pins, under its own savepoint: a pin
@@ -465,7 +464,7 @@ fn write_with_pins(
             insert_pin(tx, pin)??;
         }
         insert_audit(&mut statements.audit, &rec.audit)?;
-        insert_issued(&mut statements.issued, rec)
+        insert_issued(statements, rec)
     })();
     match outcome {
         Ok(()) => {
@@ -489,7 +488,29 @@ fn insert_used_jti(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord, seq: 
     Ok(())
 }
 
-fn insert_issued(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord) -> Result<(), StorageError> {
+/// Records the issued token, unless the exchange's audit row, just
+/// inserted, already holds it (schema version 6): the exchange makes the
+/// token's jti its grant's audit id, and the reads of issued tokens (in
+/// `sqlite.rs`) find such a token by that row. Writing it again cost an
+/// insert into a table and its index per exchange, and their pages in
+/// every commit. A record the audit row does not hold goes into
+/// `issued_tokens` as before.
+fn insert_issued(statements: &mut Statements<'_>, rec: &ExchangeRecord) -> Result<(), StorageError> {
+    if rec.audit_holds_issued() {
+        return Ok(());
+    }
+    let insert = match &mut statements.issued {
+        Some(insert) => insert,
+        none => none.insert(
+            statements
+                .tx
+                .prepare_cached(
+                    "INSERT INTO issued_tokens (jti, org, subject, repository, run_id, rule, issued_at, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(map_err)?,
+        ),
+    };
     let t = &rec.issued;
     insert
         .execute(params![t.jti, t.org, t.subject, t.repository, t.run_id, t.rule, t.issued_at, t.expires_at])
