@@ -1,6 +1,7 @@
 //! Criterion benches of writ-core's hot-path pieces: OIDC token
 //! verification (`jwt::verify_oidc`), minting (`token::mint`) and policy
-//! evaluation (`policy::evaluate`) with 1, 100 and 10,000 rules.
+//! evaluation (`policy::evaluate`, and the exchange's `policy::evaluate_for_grant`)
+//! with 1, 100 and 10,000 rules.
 //!
 //! Run with `cargo bench -p writ-core`; figures and method are in
 //! docs/PERFORMANCE.md. Nothing here asserts a time.
@@ -102,6 +103,18 @@ fn bench_evaluate(c: &mut Criterion) {
         assert!(matches!(policy::evaluate(&policy, &claims, &request, &pins, limits), Decision::Granted(_)));
         group.bench_with_input(BenchmarkId::from_parameter(rules), &policy, |b, policy| {
             b.iter(|| policy::evaluate(black_box(policy), &claims, &request, &pins, limits))
+        });
+    }
+    group.finish();
+    // What the exchange runs: the rules for other repositories are passed
+    // over through the policy's index instead of each being tested.
+    let mut group = c.benchmark_group("evaluate_for_grant/last_rule_grants");
+    for rules in [1_usize, 100, 10_000] {
+        let policy = policy::parse(&policy_text("acme-prod", rules), SourceFormat::Toml).expect("bench policy parses");
+        let decision = policy::evaluate_for_grant(&policy, &claims, &request, &pins, limits);
+        assert!(matches!(decision, Decision::Granted(_)));
+        group.bench_with_input(BenchmarkId::from_parameter(rules), &policy, |b, policy| {
+            b.iter(|| policy::evaluate_for_grant(black_box(policy), &claims, &request, &pins, limits))
         });
     }
     group.finish();

@@ -501,16 +501,19 @@ pub fn evaluate(
             explanation: Vec::new(),
         });
     }
-    evaluate_rules(policy, claims, request, pins, limits, |_| false)
+    evaluate_rules(policy, claims, request, pins, limits, policy.rules.iter(), policy.rules.len())
 }
 
 /// [`evaluate`] for a caller that keeps only the granting rule's outcome
 /// (the exchange's audit record). Rules that cannot match this token, by
 /// issuer or by repository or project name, are passed over without
-/// building the explanation of their failure. Skipping a rule that fails
-/// anyway cannot change which rule grants, so the decision is the same as
-/// [`evaluate`]'s; a grant's explanation lists fewer rules, and a denial is
-/// evaluated again in full, so it explains every rule.
+/// building the explanation of their failure; the policy's index of
+/// exactly named repositories and projects finds the others without
+/// walking every rule, so a policy's size matters little to a grant.
+/// Skipping a rule that fails anyway cannot change which rule grants, so
+/// the decision is the same as [`evaluate`]'s; a grant's explanation lists
+/// fewer rules, and a denial is evaluated again in full, so it explains
+/// every rule.
 pub fn evaluate_for_grant(
     policy: &Policy,
     claims: &VerifiedClaims,
@@ -518,7 +521,9 @@ pub fn evaluate_for_grant(
     pins: &Pins,
     limits: TtlLimits,
 ) -> Decision {
-    match evaluate_rules(policy, claims, request, pins, limits, |rule| cannot_match(rule, claims)) {
+    let candidates = policy.index.candidates(claims).filter_map(|position| policy.rules.get(position));
+    let rules = candidates.filter(|rule| !cannot_match(rule, claims));
+    match evaluate_rules(policy, claims, request, pins, limits, rules, 1) {
         granted @ Decision::Granted(_) => granted,
         Decision::Denied(_) => evaluate(policy, claims, request, pins, limits),
     }
@@ -540,16 +545,19 @@ fn cannot_match(rule: &Rule, claims: &VerifiedClaims) -> bool {
     !name.is_some_and(|n| patterns.value.iter().any(|p| p.value.pattern.matches(n)))
 }
 
-fn evaluate_rules(
+/// Evaluates `rules` (some of `policy`'s, in its order) until one grants;
+/// `outcomes` is how many rule outcomes the explanation is expected to hold.
+fn evaluate_rules<'p>(
     policy: &Policy,
     claims: &VerifiedClaims,
     request: &Request,
     pins: &Pins,
     limits: TtlLimits,
-    skip: impl Fn(&Rule) -> bool,
+    rules: impl Iterator<Item = &'p Rule>,
+    outcomes: usize,
 ) -> Decision {
-    let mut explanation = Vec::with_capacity(policy.rules.len());
-    for rule in policy.rules.iter().filter(|r| !skip(r)) {
+    let mut explanation = Vec::with_capacity(outcomes);
+    for rule in rules {
         let mut check = RuleCheck { rule, claims, pins, failures: Vec::new(), new_pins: Vec::new() };
         check.conditions();
         if !check.failures.is_empty() {

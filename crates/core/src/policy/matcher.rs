@@ -86,6 +86,16 @@ impl Pattern {
         &self.text
     }
 
+    /// The folded name that a case-insensitive pattern without `*` is
+    /// ([`super::index`]): it matches a candidate exactly when the folded
+    /// candidate equals it. `None` for globs and case-sensitive patterns.
+    pub fn exact_folded(&self) -> Option<&str> {
+        match (&self.matcher, &self.folded) {
+            (Matcher::Exact, Some(folded)) => Some(folded),
+            _ => None,
+        }
+    }
+
     /// True when the value contains `*`.
     pub fn is_glob(&self) -> bool {
         !matches!(self.matcher, Matcher::Exact)

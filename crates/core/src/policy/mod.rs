@@ -103,6 +103,7 @@
 //! `max_ttl` and the server's maximum.
 
 mod eval;
+mod index;
 mod lint;
 mod matcher;
 mod parse;
@@ -127,6 +128,8 @@ use matcher::{NamePattern, Pattern, Wanted};
 pub struct Policy {
     org: String,
     rules: Vec<Rule>,
+    /// Which rules may grant a token ([`evaluate_for_grant`]).
+    index: index::RuleIndex,
 }
 
 impl Policy {

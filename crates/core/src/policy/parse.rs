@@ -100,7 +100,7 @@ impl Reader<'_> {
         if org.is_none() && !self.errors.iter().any(|e| e.message.starts_with("`org`")) {
             self.error(0, "missing `org`: the org this policy is for".to_owned(), None);
         }
-        Some(Policy { org: org?, rules })
+        Some(Policy { org: org?, index: super::index::RuleIndex::new(&rules), rules })
     }
 
     fn rules(&mut self, node: Node) -> Vec<Option<Rule>> {
