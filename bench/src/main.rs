@@ -58,8 +58,8 @@ struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Closed loop: requests in flight; a comma-separated list runs one
-    /// phase per value.
-    #[arg(long, value_delimiter = ',', default_value = "64")]
+    /// phase per value, and the best phase is the run's throughput.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
     concurrency: Vec<usize>,
     /// Closed loop: requests per phase (each with its own token).
     #[arg(long, default_value_t = 40_000)]
