@@ -1129,6 +1129,17 @@ mod tests {
         }
     }
 
+    /// A database file at `path` migrated up to schema `version`, as an
+    /// older writ left it.
+    async fn file_at_version(path: &std::path::Path, version: i64) -> SqlitePool {
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .expect("url")
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open the file");
+        MIGRATOR.run_to(version, &pool).await.expect("the older schema");
+        pool
+    }
+
     /// Schema v5 re-keys replay records by arrival (see its migration): the
     /// records of a version 4 file come along, are still refused as
     /// replays, and new ones are numbered after them.
@@ -1137,11 +1148,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("writ.db");
         {
-            let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-                .expect("url")
-                .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open v4");
-            MIGRATOR.run_to(4, &pool).await.expect("schema v4");
+            let pool = file_at_version(&path, 4).await;
             for (jti, expires_at) in [("old-2", 5_000), ("old-1", 5_000), ("old-0", 4_000)] {
                 sqlx::query("INSERT INTO used_jtis (issuer, jti, expires_at) VALUES (?, ?, ?)")
                     .bind(suite::ISSUER)
@@ -1211,32 +1218,25 @@ mod tests {
             .collect();
         assert!(plan.iter().any(|step| step.contains("SEARCH audit USING INDEX audit_tokens")), "{plan:#?}");
         assert!(!plan.iter().any(|step| step.starts_with("SCAN audit")), "{plan:#?}");
-        let n = store
-            .revoke(&Revocation {
-                org: "acme".into(),
-                target: RevocationTarget::Repository("acme/web".into()),
-                reason: "test".into(),
-                revoked_by: None,
-                now: 1_000,
-            })
-            .await
-            .expect("revoke");
-        assert_eq!(n, 2);
+        assert_eq!(revoke_repository(&store, "acme/web").await, 2);
+    }
+
+    /// Revokes org acme's tokens from `repository` at time 1,000.
+    async fn revoke_repository(store: &SqliteStore, repository: &str) -> u64 {
+        let target = RevocationTarget::Repository(repository.into());
+        let revocation = Revocation { org: "acme".into(), target, reason: "test".into(), revoked_by: None, now: 1_000 };
+        store.revoke(&revocation).await.expect("revoke")
     }
 
     /// Schema v6 keeps an exchange's token as its grant's audit row; the
     /// tokens a version 5 file holds in `issued_tokens` stay there and are
-    /// still found, revoked and narrowed from.
+    /// still found and revoked.
     #[tokio::test]
     async fn tokens_issued_under_schema_v5_stay_revocable() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("writ.db");
         {
-            let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-                .expect("url")
-                .create_if_missing(true);
-            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open v5");
-            MIGRATOR.run_to(5, &pool).await.expect("schema v5");
+            let pool = file_at_version(&path, 5).await;
             // What version 5 wrote for a grant: the audit row under its own
             // id, and the token again in issued_tokens.
             sqlx::query(
@@ -1266,17 +1266,7 @@ mod tests {
         assert_eq!(store.get_issued_token("beta", old).await.expect("issued"), None);
 
         store.record_exchange(suite::exchange_as_made("subject-1", "new", 2_000)).await.expect("exchange");
-        let n = store
-            .revoke(&Revocation {
-                org: "acme".into(),
-                target: RevocationTarget::Repository("ACME/web".into()),
-                reason: "test".into(),
-                revoked_by: None,
-                now: 1_000,
-            })
-            .await
-            .expect("revoke");
-        assert_eq!(n, 2, "the version 5 token and the new one");
+        assert_eq!(revoke_repository(&store, "ACME/web").await, 2, "the version 5 token and the new one");
         assert!(store.is_revoked(old).await.expect("is_revoked"));
         assert!(store.is_revoked(&suite::held("new")).await.expect("is_revoked"));
     }
