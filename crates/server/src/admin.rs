@@ -1144,9 +1144,10 @@ pub async fn revoke(
     }
     if let RevocationTarget::Jti(jti) = &target {
         // Another org's token is "not found" here, exactly like a jti that
-        // never existed: the answer must not tell one from the other.
+        // never existed (the lookup is by org): the answer must not tell one
+        // from the other.
         let issued = state.store.get_issued_token(&org, jti).await.map_err(storage_error)?;
-        if issued.is_none_or(|t| t.org != org) {
+        if issued.is_none() {
             return Err(ApiError::not_found(format!("no token with jti {jti:?} was issued for org {org:?}")));
         }
     }
