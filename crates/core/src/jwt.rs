@@ -14,8 +14,6 @@
 
 use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -331,7 +329,7 @@ impl VerifyError {
 pub fn peek_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedToken<'_>, VerifyError> {
     let (header_b64, payload_b64, _) = split_compact(token, max_token_bytes)?;
     let unverified_header: JoseHeader = decode_json(header_b64, "the header is not base64url JSON")?;
-    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
+    let payload = crate::b64::decode(payload_b64).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
     let PeekedIss(unverified_iss) =
         serde_json::from_slice(&payload).map_err(|_| VerifyError::Malformed(PAYLOAD_NOT_JSON))?;
     let (unverified_alg, unverified_kid) = header_fields(unverified_header)?;
@@ -523,7 +521,7 @@ fn split_unverified(token: &str, max_token_bytes: usize) -> Result<UnverifiedPar
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str, what: &'static str) -> Result<T, VerifyError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| VerifyError::Malformed(what))?;
+    let bytes = crate::b64::decode(part).map_err(|_| VerifyError::Malformed(what))?;
     serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed(what))
 }
 
@@ -668,22 +666,22 @@ impl std::fmt::Debug for KeySet {
 
 fn parse_rs256(jwk: &Jwk) -> Option<aws_lc_rs::signature::ParsedPublicKey> {
     let AlgorithmParameters::RSA(rsa) = &jwk.algorithm else { return None };
-    let n = URL_SAFE_NO_PAD.decode(&rsa.n).ok()?;
-    let e = URL_SAFE_NO_PAD.decode(&rsa.e).ok()?;
+    let n = crate::b64::decode(&rsa.n).ok()?;
+    let e = crate::b64::decode(&rsa.e).ok()?;
     aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
         .to_parsed_public_key(&aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256)
         .ok()
 }
 
 /// RS256 with a parsed key: the same algorithm parameters (PKCS#1 v1.5,
-/// SHA-256, 2048–8192-bit keys) and the same base64url decoding of the
-/// signature as jsonwebtoken's aws-lc-rs verifier.
+/// SHA-256, 2048–8192-bit keys) and the same strict base64url decoding of
+/// the signature as jsonwebtoken's aws-lc-rs verifier (see [`crate::b64`]).
 fn verify_parsed(
     signing_input: &str,
     unverified_signature: &str,
     key: &aws_lc_rs::signature::ParsedPublicKey,
 ) -> Result<(), VerifyError> {
-    let signature = URL_SAFE_NO_PAD.decode(unverified_signature).map_err(|_| VerifyError::Signature)?;
+    let signature = crate::b64::decode(unverified_signature).map_err(|_| VerifyError::Signature)?;
     key.verify_sig(signing_input.as_bytes(), &signature).map_err(|_| VerifyError::Signature)
 }
 

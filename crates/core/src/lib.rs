@@ -4,6 +4,7 @@
 //! keys and configuration arrive as parameters, so the server, the CLI's
 //! offline `policy test` and the benchmarks all run the very same checks.
 
+pub mod b64;
 pub mod claims;
 pub mod issuer;
 pub mod jwt;

@@ -7,10 +7,9 @@
 //! (`writ-verify`) and, for downscoping, in the server.
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
+use crate::b64;
 use crate::claims::VerifiedClaims;
 use crate::issuer::IssuerKind;
 
@@ -210,7 +209,7 @@ pub enum MintError {
     /// The crypto library refused to sign.
     #[error("signing the token failed")]
     Sign,
-    /// The encoded token did not fit the buffer sized for it.
+    /// The encoded token was not ASCII (a bug: base64url and dots are).
     #[error("encoding the token failed")]
     Encode,
 }
@@ -237,25 +236,22 @@ pub fn mint(claims: &WritClaims, key: &SigningKey) -> Result<String, MintError> 
     let mut claims_json = Vec::with_capacity(1024);
     serde_json::to_writer(&mut claims_json, claims)?;
 
-    // Encoded straight into one buffer (`encode_string` goes through a
-    // chunked encoder and copies each chunk again). Filled with dots, so
+    // Encoded straight into one buffer, not into a string per part and
+    // then joined. Filled with dots, so
     // the two separators are in place once each part is encoded into its
     // slice; the capacity leaves room for the signature (64 bytes, 86 in
     // base64url).
-    let header_len = base64::encoded_len(header_json.len(), false).ok_or(MintError::Encode)?;
-    let claims_len = base64::encoded_len(claims_json.len(), false).ok_or(MintError::Encode)?;
+    let header_len = b64::encoded_len(header_json.len());
+    let claims_len = b64::encoded_len(claims_json.len());
     let signing_input_len = header_len + 1 + claims_len;
     let mut jws = Vec::with_capacity(signing_input_len + 1 + 86);
     jws.resize(signing_input_len + 1, b'.');
-    URL_SAFE_NO_PAD.encode_slice(&header_json, &mut jws[..header_len]).map_err(|_| MintError::Encode)?;
-    URL_SAFE_NO_PAD
-        .encode_slice(&claims_json, &mut jws[header_len + 1..signing_input_len])
-        .map_err(|_| MintError::Encode)?;
+    b64::encode_into(&header_json, &mut jws[..header_len]);
+    b64::encode_into(&claims_json, &mut jws[header_len + 1..signing_input_len]);
     let signature = key.key_pair.try_sign(&jws[..signing_input_len]).map_err(|_| MintError::Sign)?;
     let signature = signature.as_ref();
-    let signature_len = base64::encoded_len(signature.len(), false).ok_or(MintError::Encode)?;
-    jws.resize(signing_input_len + 1 + signature_len, b'.');
-    URL_SAFE_NO_PAD.encode_slice(signature, &mut jws[signing_input_len + 1..]).map_err(|_| MintError::Encode)?;
+    jws.resize(signing_input_len + 1 + b64::encoded_len(signature.len()), b'.');
+    b64::encode_into(signature, &mut jws[signing_input_len + 1..]);
     // Base64url output and dots are ASCII.
     String::from_utf8(jws).map_err(|_| MintError::Encode)
 }
@@ -266,7 +262,7 @@ pub fn ed25519_public_jwk(kid: &str, public_key_bytes: &[u8]) -> serde_json::Val
     serde_json::json!({
         "kty": "OKP",
         "crv": "Ed25519",
-        "x": URL_SAFE_NO_PAD.encode(public_key_bytes),
+        "x": b64::encode(public_key_bytes),
         "kid": kid,
         "alg": SIGNING_ALGORITHM,
         "use": "sig",
@@ -374,8 +370,7 @@ pub fn verify(
     else {
         return Err(TokenError::Malformed("not three dot-separated parts"));
     };
-    let header_bytes =
-        URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| TokenError::Malformed("header is not base64url"))?;
+    let header_bytes = b64::decode(header_b64).map_err(|_| TokenError::Malformed("header is not base64url"))?;
     let unverified_header: UnverifiedHeader =
         serde_json::from_slice(&header_bytes).map_err(|_| TokenError::Malformed("header is not a JOSE header"))?;
     let typ_ok = unverified_header
@@ -390,13 +385,13 @@ pub fn verify(
     }
     let unverified_kid = unverified_header.kid.ok_or(TokenError::UnknownKey)?;
     let key = public_key(&unverified_kid).ok_or(TokenError::UnknownKey)?;
-    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| TokenError::Signature)?;
+    let signature = b64::decode(signature_b64).map_err(|_| TokenError::Signature)?;
     let signing_input = &token[..header_b64.len() + 1 + payload_b64.len()];
     aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, &key)
         .verify(signing_input.as_bytes(), &signature)
         .map_err(|_| TokenError::Signature)?;
     // The signature covers the payload: from here on the claims are writ's.
-    let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
+    let payload = b64::decode(payload_b64).map_err(|_| TokenError::Malformed("payload is not base64url"))?;
     let claims: WritClaims =
         serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed("claims are not writ token claims"))?;
     if claims.iss != check.issuer {
@@ -418,6 +413,8 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use aws_lc_rs::rand::SystemRandom;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use jsonwebtoken::jwk::Jwk;
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     use serde_json::json;
