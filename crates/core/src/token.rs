@@ -237,10 +237,9 @@ pub fn mint(claims: &WritClaims, key: &SigningKey) -> Result<String, MintError> 
     serde_json::to_writer(&mut claims_json, claims)?;
 
     // Encoded straight into one buffer, not into a string per part and
-    // then joined. Filled with dots, so
-    // the two separators are in place once each part is encoded into its
-    // slice; the capacity leaves room for the signature (64 bytes, 86 in
-    // base64url).
+    // then joined. Filled with dots, so the two separators are in place
+    // once each part is encoded into its slice; the capacity leaves room
+    // for the signature (64 bytes, 86 in base64url).
     let header_len = b64::encoded_len(header_json.len());
     let claims_len = b64::encoded_len(claims_json.len());
     let signing_input_len = header_len + 1 + claims_len;
