@@ -881,15 +881,26 @@ mod admin {
     /// `rule`), ?4 its value, ?5 the reason, ?6 who revoked.
     ///
     /// An org's unexpired tokens (`live`) are its exchanges' grants, whose
-    /// audit rows are the tokens (schema version 6; the partial index
-    /// `audit_tokens` holds just those rows, by org and expiry), and the
-    /// rows of `issued_tokens`: narrowed tokens, tokens issued before
-    /// version 6, and any an audit row did not hold (that table's row is
-    /// the token's record then). Narrowed tokens are only ever in
-    /// `issued_tokens`, so the walk to them reads that.
+    /// audit rows are the tokens (schema version 6), and the rows of
+    /// `issued_tokens`: narrowed tokens, tokens issued before version 6,
+    /// and any an audit row did not hold (that table's row is the token's
+    /// record then). Narrowed tokens are only ever in `issued_tokens`, so
+    /// the walk to them reads that.
+    ///
+    /// The grant rows are read by the audit key `(org, id)` from the first
+    /// id a live token can have (schema version 7): a held token expires
+    /// at most `token_span.max_secs` seconds after the milliseconds in its
+    /// id's first 48 bits (written as the id's first 12 hex digits), so one
+    /// alive at `now` has an id at or after the text of
+    /// `(now - max_secs) * 1000` in that form. An empty `token_span` reads
+    /// the org's whole log: slower, never wrong.
     pub(super) const REVOKE_SQL: &str = "WITH RECURSIVE live(jti, org, expires_at, issued_at, repository, run_id, rule) AS ( \
              SELECT id, org, token_expires_at, time, repository, run_id, rule FROM audit \
-             WHERE org = ?1 AND token_jti = id AND token_expires_at > ?2 \
+             WHERE org = ?1 \
+             AND id >= coalesce((SELECT CASE WHEN ?2 - max_secs > 0 \
+                 THEN printf('%08x-%04x', ((?2 - max_secs) * 1000) >> 16, ((?2 - max_secs) * 1000) & 65535) \
+                 ELSE '' END FROM token_span), '') \
+             AND token_jti = id AND token_expires_at > ?2 \
              AND NOT EXISTS (SELECT 1 FROM issued_tokens AS i WHERE i.jti = audit.id) \
              UNION ALL \
              SELECT jti, org, expires_at, issued_at, repository, run_id, rule FROM issued_tokens \
@@ -1161,14 +1172,16 @@ mod tests {
             pool.close().await;
         }
         let store = file_store(&dir).await;
+        // Through versions 5 and 7: numbered in arrival order within their
+        // expiry second.
         let rows: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT jti, expires_at, seq FROM used_jtis ORDER BY expires_at, seq")
+            sqlx::query_as("SELECT jti, key / 16777216, key % 16777216 FROM used_jtis ORDER BY key")
                 .fetch_all(&store.reader)
                 .await
-                .expect("v5 records");
+                .expect("v7 records");
         assert_eq!(
             rows,
-            [("old-0".to_owned(), 4_000, 1), ("old-1".to_owned(), 5_000, 2), ("old-2".to_owned(), 5_000, 3)]
+            [("old-0".to_owned(), 4_000, 0), ("old-1".to_owned(), 5_000, 0), ("old-2".to_owned(), 5_000, 1)]
         );
         assert!(matches!(
             store.record_exchange(suite::exchange("old-1", "tok-1", 1_000)).await,
@@ -1177,11 +1190,11 @@ mod tests {
         let mut fresh = suite::exchange("new-1", "tok-2", 4_940);
         fresh.new_pins.clear();
         store.record_exchange(fresh).await.expect("a new jti in an old record's second");
-        let seq: i64 = sqlx::query_scalar("SELECT seq FROM used_jtis WHERE jti = 'new-1'")
+        let key: i64 = sqlx::query_scalar("SELECT key FROM used_jtis WHERE jti = 'new-1'")
             .fetch_one(&store.reader)
             .await
             .expect("new record");
-        assert_eq!(seq, 4);
+        assert_eq!((key / 16_777_216, key % 16_777_216), (5_000, 2), "after the second's records");
     }
 
     /// Schema v6: a token its grant's audit row holds is written once, as
@@ -1201,8 +1214,9 @@ mod tests {
         for rec in [held, other] {
             assert_eq!(store.get_issued_token("acme", &rec.issued.jti).await.expect("issued"), Some(rec.issued));
         }
-        // Revocation finds the org's unexpired tokens through the partial
-        // index, not by reading the org's whole audit log.
+        // Revocation finds the org's unexpired tokens by the audit key from
+        // the first id a live token can have (schema v7), not by reading
+        // the org's whole audit log.
         let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", admin::REVOKE_SQL)))
             .bind("acme")
             .bind(1_000)
@@ -1216,7 +1230,7 @@ mod tests {
             .iter()
             .map(|row| row.get::<String, _>("detail"))
             .collect();
-        assert!(plan.iter().any(|step| step.contains("SEARCH audit USING INDEX audit_tokens")), "{plan:#?}");
+        assert!(plan.iter().any(|step| step.contains("SEARCH audit USING PRIMARY KEY (org=? AND id>?)")), "{plan:#?}");
         assert!(!plan.iter().any(|step| step.starts_with("SCAN audit")), "{plan:#?}");
         assert_eq!(revoke_repository(&store, "acme/web").await, 2);
     }
@@ -1271,6 +1285,110 @@ mod tests {
         assert!(store.is_revoked(&suite::held("new")).await.expect("is_revoked"));
     }
 
+    /// Revokes org acme's tokens from repository acme/web at `now`.
+    async fn revoke_at(store: &SqliteStore, now: i64) -> u64 {
+        let target = RevocationTarget::Repository("acme/web".into());
+        let revocation = Revocation { org: "acme".into(), target, reason: "test".into(), revoked_by: None, now };
+        store.revoke(&revocation).await.expect("revoke")
+    }
+
+    /// An exchange's record whose token (its grant's audit id, as the
+    /// exchange makes it) carries the time `secs` and expires at `exp`.
+    fn held_at(subject_jti: &str, secs: u64, exp: i64) -> ExchangeRecord {
+        use uuid::{NoContext, Timestamp, Uuid};
+        let mut rec = suite::exchange_as_made(subject_jti, "unused", exp);
+        let id = Uuid::new_v7(Timestamp::from_unix(NoContext, secs, 250_000_000));
+        rec.audit.id = id;
+        rec.audit.token_jti = Some(id.hyphenated().to_string());
+        rec.issued.jti = id.hyphenated().to_string();
+        assert!(rec.audit_holds_issued());
+        rec
+    }
+
+    async fn token_span(store: &SqliteStore) -> i64 {
+        sqlx::query_scalar("SELECT max_secs FROM token_span").fetch_one(&store.reader).await.expect("token_span")
+    }
+
+    /// Schema v7: the exchange writer records how long after its id's time
+    /// a held token can expire, and revocation, which reads the audit log
+    /// from the first id a live token can have, finds every live token,
+    /// the long-lived ones too.
+    #[tokio::test]
+    async fn revocation_finds_long_lived_tokens_by_the_recorded_span() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        assert_eq!(token_span(&store).await, 0);
+        store.record_exchange(held_at("subject-1", 10_000, 17_200)).await.expect("exchange");
+        assert_eq!(token_span(&store).await, 7_200);
+        store.record_exchange(held_at("subject-2", 20_000, 20_600)).await.expect("exchange");
+        store.record_exchange(held_at("subject-3", 1_000, 1_500)).await.expect("exchange");
+        assert_eq!(token_span(&store).await, 7_200, "only a longer span raises it");
+        assert_eq!(revoke_at(&store, 15_000).await, 2, "the 7,200 s token from 10,000 and the one from 20,000");
+        assert_eq!(revoke_at(&store, 17_300).await, 0, "the rest are revoked or expired");
+        // A span lives across restarts: the writer reloads it.
+        store.close().await;
+        drop(store);
+        let store = file_store(&dir).await;
+        store.record_exchange(held_at("subject-4", 30_000, 30_060)).await.expect("exchange");
+        assert_eq!(token_span(&store).await, 7_200);
+        store.record_exchange(held_at("subject-5", 30_000, 40_000)).await.expect("exchange");
+        assert_eq!(token_span(&store).await, 10_000);
+        assert_eq!(revoke_at(&store, 39_000).await, 1);
+    }
+
+    /// Version 7 replaces the index audit_tokens by token_span: its value
+    /// starts at the longest span among the tokens a version 6 file holds
+    /// (read from the ids' text by the migration), and those tokens stay
+    /// revocable.
+    #[tokio::test]
+    async fn schema_v7_starts_the_token_span_from_the_held_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let ids: Vec<String> = [(5_000u64, 5_600i64), (9_000, 12_600), (9_500, 9_800)]
+            .into_iter()
+            .map(|(secs, _)| {
+                let t = uuid::Timestamp::from_unix(uuid::NoContext, secs, 999_000_000);
+                uuid::Uuid::new_v7(t).hyphenated().to_string()
+            })
+            .collect();
+        {
+            let pool = file_at_version(&path, 6).await;
+            for (id, exp) in ids.iter().zip([5_600, 12_600, 9_800]) {
+                sqlx::query(
+                    "INSERT INTO audit (id, time, request_id, org, outcome, rule, issuer, subject, repository, \
+                     run_id, requested_permissions, requested_apps, requested_machines, granted_permissions, \
+                     token_jti, token_expires_at) VALUES (?1, 1, 'req', 'acme', 'granted', 'deploy-web', 'github', \
+                     'repo:acme/web', 'acme/web', '1', '[]', '[]', '[]', '[\"deploy\"]', ?1, ?2)",
+                )
+                .bind(id)
+                .bind(exp)
+                .execute(&pool)
+                .await
+                .expect("v6 held token");
+            }
+            // A denial, and a grant whose token is elsewhere: no span.
+            sqlx::query(
+                "INSERT INTO audit (id, time, request_id, org, outcome, requested_permissions, requested_apps, \
+                 requested_machines, granted_permissions, token_jti, token_expires_at) VALUES \
+                 ('00000000-0001-7000-8000-000000000000', 1, 'req', 'acme', 'denied', '[]', '[]', '[]', '[]', \
+                 NULL, NULL), ('00000000-0002-7000-8000-000000000000', 1, 'req', 'acme', 'granted', '[]', '[]', \
+                 '[]', '[]', 'elsewhere', 99999)",
+            )
+            .execute(&pool)
+            .await
+            .expect("v6 rows without a held token");
+            pool.close().await;
+        }
+        let store = file_store(&dir).await;
+        assert_eq!(token_span(&store).await, 3_600, "12,600 - 9,000");
+        let index: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_schema WHERE name = 'audit_tokens'")
+            .fetch_one(&store.reader)
+            .await
+            .expect("schema");
+        assert_eq!(index, 0);
+        assert_eq!(revoke_at(&store, 9_700).await, 2, "the tokens of 9,000 and 9,500");
+    }
+
     #[tokio::test]
     async fn purge_deletes_every_expired_record_across_chunks() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1278,7 +1396,7 @@ mod tests {
         let expired = 2 * PURGE_CHUNK + 7;
         sqlx::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
-             INSERT INTO used_jtis (expires_at, seq, issuer, jti) SELECT 100, i, 'iss', 'old-' || i FROM n",
+             INSERT INTO used_jtis (key, issuer, jti) SELECT 100 * 16777216 + i, 'iss', 'old-' || i FROM n",
         )
         .bind(expired)
         .execute(&store.writer)

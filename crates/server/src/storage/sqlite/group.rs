@@ -22,7 +22,7 @@
 //! Each exchange is all or nothing, the batch commits once, and every
 //! caller is answered after that commit (see `batch`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,7 @@ pub(super) struct SqliteBatchWriter {
 /// Which `(issuer, jti)` pairs have been exchanged and are not yet purged.
 ///
 /// The `used_jtis` table is ordered by expiry and then arrival (schema v4
-/// and v5), so that its inserts append instead of dirtying a random page
+/// to v7), so that its inserts append instead of dirtying a random page
 /// per exchange; it cannot refuse a second `(issuer, jti)` by itself. This
 /// writer is the one writer of that table, so it checks each exchange
 /// against this index,
@@ -64,9 +64,13 @@ pub(super) struct SqliteBatchWriter {
 struct ReplayIndex {
     /// Fingerprints of the `(issuer, jti)` pairs in `used_jtis`.
     seen: Fingerprints,
-    /// The `seq` of the next replay record: above every `seq` in the table
-    /// when the index was loaded, then counted up by this writer.
-    next_seq: i64,
+    /// The number of the next replay record of each expiry second that has
+    /// records: above every number of that second in the table when the
+    /// index was loaded, then counted up by this writer (see [`ReplayKey`]).
+    next_in_second: HashMap<i64, i64>,
+    /// `token_span.max_secs` (schema v7): no token held as a grant's audit
+    /// row expires more than this many seconds after the time in its id.
+    token_span: i64,
     /// Held while the index lives.
     _lock: std::fs::File,
 }
@@ -74,6 +78,57 @@ struct ReplayIndex {
 /// How long [`ReplayIndex::load`] waits for another holder of the
 /// exchange lock to let go.
 const LOCK_HANDOVER: Duration = Duration::from_secs(2);
+
+/// The key of a replay record (schema v7): its expiry second times 2^24
+/// plus its number within that second, so that records sort by expiry and
+/// each commit's inserts land at the end of a rowid table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ReplayKey(i64);
+
+impl ReplayKey {
+    /// Records one expiry second can hold.
+    const PER_SECOND: i64 = 1 << 24;
+    /// The last second a key can name (in the year 19,391); later expiries
+    /// are kept as that second, which is as good as forever.
+    const LAST_SECOND: i64 = i64::MAX / Self::PER_SECOND;
+
+    /// The expiry second a record expiring at `expires_at` is kept under.
+    fn second(expires_at: i64) -> i64 {
+        expires_at.clamp(0, Self::LAST_SECOND)
+    }
+
+    /// The `n`-th record of `second` (a value of [`Self::second`]), if the
+    /// second has room for it.
+    fn new(second: i64, n: i64) -> Option<ReplayKey> {
+        (0..Self::PER_SECOND).contains(&n).then_some(ReplayKey(second * Self::PER_SECOND + n))
+    }
+
+    /// The first key of `second`: every record of an earlier second sorts
+    /// below it.
+    fn first_of(second: i64) -> ReplayKey {
+        ReplayKey(Self::second(second) * Self::PER_SECOND)
+    }
+
+    fn second_of(self) -> i64 {
+        self.0 / Self::PER_SECOND
+    }
+
+    fn number(self) -> i64 {
+        self.0 % Self::PER_SECOND
+    }
+}
+
+/// How many seconds after the time in its id (the first 48 bits of the
+/// UUID, milliseconds since the epoch for the UUIDv7 the exchange makes)
+/// a token held as its grant's audit row expires; never negative. Any id
+/// will do: revocation bounds its search by the same 48 bits, read from
+/// the id's text (schema v7, `admin::REVOKE_SQL`).
+fn token_span(id: &uuid::Uuid, expires_at: i64) -> i64 {
+    let b = id.as_bytes();
+    let millis = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
+    let secs = i64::try_from(millis / 1000).unwrap_or(i64::MAX);
+    expires_at.saturating_sub(secs).max(0)
+}
 
 /// The first 128 bits of SHA-256 over `issuer`, a zero byte and `jti`:
 /// 16 bytes an entry instead of the two strings, and two different pairs
@@ -178,17 +233,36 @@ impl ReplayIndex {
             }
         }
         let mut seen = Fingerprints::new();
-        let mut last_seq = 0;
-        let mut select = conn.prepare("SELECT issuer, jti, seq FROM used_jtis").map_err(map_err)?;
+        let mut next_in_second = HashMap::new();
+        let mut select = conn.prepare("SELECT key, issuer, jti FROM used_jtis").map_err(map_err)?;
         let mut rows = select.query([]).map_err(map_err)?;
         while let Some(row) = rows.next().map_err(map_err)? {
-            let issuer: String = row.get(0).map_err(map_err)?;
-            let jti: String = row.get(1).map_err(map_err)?;
-            last_seq = last_seq.max(row.get::<_, i64>(2).map_err(map_err)?);
+            let key = ReplayKey(row.get(0).map_err(map_err)?);
+            let issuer: String = row.get(1).map_err(map_err)?;
+            let jti: String = row.get(2).map_err(map_err)?;
+            let next = next_in_second.entry(key.second_of()).or_insert(0);
+            *next = (*next).max(key.number() + 1);
             seen.insert(fingerprint(&issuer, &jti));
         }
-        tracing::debug!(records = seen.len(), "loaded the replay index");
-        Ok(ReplayIndex { seen, next_seq: last_seq + 1, _lock: lock })
+        drop(rows);
+        drop(select);
+        let token_span: i64 = conn
+            .query_row("SELECT coalesce(max(max_secs), 0) FROM token_span", [], |row| row.get(0))
+            .map_err(map_err)?;
+        tracing::debug!(records = seen.len(), token_span, "loaded the replay index");
+        Ok(ReplayIndex { seen, next_in_second, token_span, _lock: lock })
+    }
+
+    /// The key of the next replay record expiring at `expires_at`; `None`
+    /// when its second already holds [`ReplayKey::PER_SECOND`] records.
+    /// A number rolled back with its exchange or batch is skipped: gaps are
+    /// harmless, reuse is not.
+    fn next_key(&mut self, expires_at: i64) -> Option<ReplayKey> {
+        let second = ReplayKey::second(expires_at);
+        let next = self.next_in_second.entry(second).or_insert(0);
+        let key = ReplayKey::new(second, *next)?;
+        *next += 1;
+        Some(key)
     }
 }
 
@@ -276,20 +350,22 @@ impl BatchWriter for SqliteBatchWriter {
     /// record is purged no longer verifies.
     fn purge_chunk(&mut self, now: i64) -> Result<u64, StorageError> {
         let mut purged = Vec::new();
+        let mut last_second = i64::MIN;
         {
             let mut delete = self
                 .conn
                 .prepare_cached(
-                    "DELETE FROM used_jtis WHERE (expires_at, seq) IN \
-                     (SELECT expires_at, seq FROM used_jtis WHERE expires_at < ?1 \
-                      ORDER BY expires_at, seq LIMIT ?2) \
-                     RETURNING issuer, jti",
+                    "DELETE FROM used_jtis WHERE key IN \
+                     (SELECT key FROM used_jtis WHERE key < ?1 ORDER BY key LIMIT ?2) \
+                     RETURNING key, issuer, jti",
                 )
                 .map_err(map_err)?;
-            let mut rows = delete.query(params![now, PURGE_CHUNK]).map_err(map_err)?;
+            let mut rows = delete.query(params![ReplayKey::first_of(now).0, PURGE_CHUNK]).map_err(map_err)?;
             while let Some(row) = rows.next().map_err(map_err)? {
-                let issuer: String = row.get(0).map_err(map_err)?;
-                let jti: String = row.get(1).map_err(map_err)?;
+                let key = ReplayKey(row.get(0).map_err(map_err)?);
+                let issuer: String = row.get(1).map_err(map_err)?;
+                let jti: String = row.get(2).map_err(map_err)?;
+                last_second = last_second.max(key.second_of());
                 purged.push(fingerprint(&issuer, &jti));
             }
         }
@@ -297,6 +373,11 @@ impl BatchWriter for SqliteBatchWriter {
             for key in &purged {
                 index.seen.remove(key);
             }
+            // Records are deleted in key order, so no second before the
+            // last one this chunk reached has a record left: its count can
+            // start over (a late record of such a second is numbered from
+            // 0 and purged by the next chunk).
+            index.next_in_second.retain(|second, _| *second >= last_second);
         }
         Ok(purged.len() as u64)
     }
@@ -320,6 +401,10 @@ fn write_all(
     let tx = Transaction::new(conn, TransactionBehavior::Immediate).map_err(map_err)?;
     let mut results = Vec::with_capacity(writes.len());
     let mut statements = Statements::new(&tx)?;
+    // The longest token span of this batch's held tokens, if it exceeds
+    // the one recorded: raised in this transaction, and in the index once
+    // it commits.
+    let mut longer_span = None;
     for write in writes {
         let result = match write {
             Write::Exchange(rec) => {
@@ -329,18 +414,33 @@ fn write_all(
                     results.push(Err(StorageError::Replay));
                     continue;
                 }
-                // A seq rolled back with its exchange or batch is skipped:
-                // gaps are harmless, reuse is not.
-                let seq = index.next_seq;
-                index.next_seq += 1;
+                let Some(replay_key) = index.next_key(rec.used_jti.expires_at) else {
+                    results.push(Err(StorageError::Unavailable(
+                        format!(
+                            "{} replay records already expire in second {}; retry with a token that expires at \
+                             another second",
+                            ReplayKey::PER_SECOND,
+                            ReplayKey::second(rec.used_jti.expires_at)
+                        )
+                        .into(),
+                    )));
+                    continue;
+                };
+                let holds_issued = rec.audit_holds_issued();
                 let result = if rec.new_pins.is_empty() {
-                    write_exchange(&mut statements, rec, seq).map(Ok)?
+                    write_exchange(&mut statements, rec, replay_key, holds_issued).map(Ok)?
                 } else {
-                    write_with_pins(&tx, &mut statements, rec, seq)?
+                    write_with_pins(&tx, &mut statements, rec, replay_key, holds_issued)?
                 };
                 if result.is_ok() {
                     index.seen.insert(key);
                     added.push(key);
+                    if let (true, Some(expires_at)) = (holds_issued, rec.audit.token_expires_at) {
+                        let span = token_span(&rec.audit.id, expires_at);
+                        if span > longer_span.unwrap_or(index.token_span) {
+                            longer_span = Some(span);
+                        }
+                    }
                 }
                 result
             }
@@ -349,8 +449,19 @@ fn write_all(
         results.push(result);
     }
     drop(statements);
+    if let Some(span) = longer_span {
+        tx.execute(
+            "INSERT INTO token_span (one, max_secs) VALUES (1, ?1) \
+             ON CONFLICT (one) DO UPDATE SET max_secs = max(max_secs, excluded.max_secs)",
+            [span],
+        )
+        .map_err(map_err)?;
+    }
     let committing = Instant::now();
     tx.commit().map_err(map_err)?;
+    if let (Some(span), Some(index)) = (longer_span, replay) {
+        index.token_span = index.token_span.max(span);
+    }
     // At debug, the two halves of the "group commit" line's time: the
     // statements (mostly CPU), then the commit (mostly the WAL's writes
     // and its sync), so a slow batch shows which half it was slow in.
@@ -432,7 +543,7 @@ impl<'c> Statements<'c> {
         Ok(Statements {
             tx,
             used_jti: tx
-                .prepare_cached("INSERT INTO used_jtis (expires_at, seq, issuer, jti) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached("INSERT INTO used_jtis (key, issuer, jti) VALUES (?1, ?2, ?3)")
                 .map_err(map_err)?,
             audit: tx.prepare_cached(super::audit_insert_sql()).map_err(map_err)?,
             issued: None,
@@ -441,11 +552,17 @@ impl<'c> Statements<'c> {
 }
 
 /// Writes one exchange without pins (the caller has ruled out a replay);
-/// a failure fails the batch.
-fn write_exchange(statements: &mut Statements<'_>, rec: &ExchangeRecord, seq: i64) -> Result<(), StorageError> {
-    insert_used_jti(&mut statements.used_jti, rec, seq)?;
+/// a failure fails the batch. `holds_issued`: its audit row holds its
+/// token ([`ExchangeRecord::audit_holds_issued`]).
+fn write_exchange(
+    statements: &mut Statements<'_>,
+    rec: &ExchangeRecord,
+    key: ReplayKey,
+    holds_issued: bool,
+) -> Result<(), StorageError> {
+    insert_used_jti(&mut statements.used_jti, rec, key)?;
     insert_audit(&mut statements.audit, &rec.audit)?;
-    insert_issued(statements, rec)
+    insert_issued(statements, rec, holds_issued)
 }
 
 /// Writes one exchange that records pins, under its own savepoint: a pin
@@ -455,16 +572,17 @@ fn write_with_pins(
     tx: &Transaction<'_>,
     statements: &mut Statements<'_>,
     rec: &ExchangeRecord,
-    seq: i64,
+    key: ReplayKey,
+    holds_issued: bool,
 ) -> Result<Result<(), StorageError>, StorageError> {
     tx.execute_batch("SAVEPOINT exchange").map_err(map_err)?;
     let outcome = (|| {
-        insert_used_jti(&mut statements.used_jti, rec, seq)?;
+        insert_used_jti(&mut statements.used_jti, rec, key)?;
         for pin in &rec.new_pins {
             insert_pin(tx, pin)??;
         }
         insert_audit(&mut statements.audit, &rec.audit)?;
-        insert_issued(statements, rec)
+        insert_issued(statements, rec, holds_issued)
     })();
     match outcome {
         Ok(()) => {
@@ -479,12 +597,12 @@ fn write_with_pins(
     }
 }
 
-/// Records the subject token's `jti` as used, as the `seq`-th record.
-/// Whether it was used before is the replay index's to say (the caller
-/// asked it); a clash of `(expires_at, seq)` is a bug, not a replay.
-fn insert_used_jti(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord, seq: i64) -> Result<(), StorageError> {
+/// Records the subject token's `jti` as used, under `key`. Whether it was
+/// used before is the replay index's to say (the caller asked it); a clash
+/// of keys is a bug, not a replay.
+fn insert_used_jti(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord, key: ReplayKey) -> Result<(), StorageError> {
     let j = &rec.used_jti;
-    insert.execute(params![j.expires_at, seq, j.issuer, j.jti]).map_err(map_err)?;
+    insert.execute(params![key.0, j.issuer, j.jti]).map_err(map_err)?;
     Ok(())
 }
 
@@ -495,8 +613,12 @@ fn insert_used_jti(insert: &mut CachedStatement<'_>, rec: &ExchangeRecord, seq: 
 /// insert into a table and its index per exchange, and their pages in
 /// every commit. A record the audit row does not hold goes into
 /// `issued_tokens` as before.
-fn insert_issued(statements: &mut Statements<'_>, rec: &ExchangeRecord) -> Result<(), StorageError> {
-    if rec.audit_holds_issued() {
+fn insert_issued(
+    statements: &mut Statements<'_>,
+    rec: &ExchangeRecord,
+    holds_issued: bool,
+) -> Result<(), StorageError> {
+    if holds_issued {
         return Ok(());
     }
     let insert = match &mut statements.issued {
@@ -615,6 +737,86 @@ mod tests {
     use crate::storage::suite;
     use crate::storage::{Storage, StorageError};
 
+    #[test]
+    fn replay_keys_sort_by_second_then_number_and_stay_in_range() {
+        let key = ReplayKey::new(1_000, 5).expect("room");
+        assert_eq!((key.second_of(), key.number()), (1_000, 5));
+        assert!(ReplayKey::first_of(1_000).0 < key.0 && key.0 < ReplayKey::first_of(1_001).0);
+        assert!(ReplayKey::new(999, ReplayKey::PER_SECOND - 1).expect("room").0 < ReplayKey::first_of(1_000).0);
+        assert_eq!(ReplayKey::new(1_000, ReplayKey::PER_SECOND), None);
+        assert_eq!(ReplayKey::new(1_000, -1), None);
+        // Expiries no key can name are kept as the nearest second it can.
+        assert_eq!(ReplayKey::second(-5), 0);
+        assert_eq!(ReplayKey::second(i64::MAX), ReplayKey::LAST_SECOND);
+        let last = ReplayKey::new(ReplayKey::LAST_SECOND, ReplayKey::PER_SECOND - 1).expect("room");
+        assert_eq!(last.second_of(), ReplayKey::LAST_SECOND);
+        assert_eq!(ReplayKey::first_of(i64::MAX), ReplayKey::first_of(ReplayKey::LAST_SECOND));
+    }
+
+    #[test]
+    fn a_token_span_counts_from_the_whole_seconds_in_its_id() {
+        use uuid::{NoContext, Timestamp, Uuid};
+        let id = Uuid::new_v7(Timestamp::from_unix(NoContext, 10_000, 999_000_000));
+        assert_eq!(token_span(&id, 10_600), 600);
+        assert_eq!(token_span(&id, 9_000), 0, "never negative");
+        // Not a UUIDv7: its first 48 bits count all the same.
+        let other = Uuid::from_bytes([0, 0, 0, 0, 0x27, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(token_span(&other, 20), 10, "10,000 ms");
+        assert_eq!(token_span(&Uuid::max(), i64::MAX), i64::MAX - 281_474_976_710, "no overflow");
+    }
+
+    /// A replay index over an empty file, for the counting tests.
+    fn empty_index(dir: &tempfile::TempDir) -> ReplayIndex {
+        ReplayIndex {
+            seen: Fingerprints::new(),
+            next_in_second: HashMap::new(),
+            token_span: 0,
+            _lock: std::fs::File::create(dir.path().join("lock")).expect("lock file"),
+        }
+    }
+
+    #[test]
+    fn a_full_second_takes_no_more_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut index = empty_index(&dir);
+        index.next_in_second.insert(7, ReplayKey::PER_SECOND - 1);
+        assert_eq!(index.next_key(7).map(ReplayKey::number), Some(ReplayKey::PER_SECOND - 1));
+        assert_eq!(index.next_key(7), None);
+        assert_eq!(index.next_key(8).map(ReplayKey::number), Some(0), "the next second has room");
+    }
+
+    /// Purging forgets the counts of the seconds it emptied, and only those.
+    #[tokio::test]
+    async fn purging_forgets_the_counts_of_emptied_seconds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let store = store_at(&path).await;
+        store.close().await;
+        drop(store);
+        let mut writer =
+            SqliteBatchWriter::open(&path, Duration::from_secs(1), RestartWanted::default()).expect("writer");
+        let writes: Vec<Write> = [("a", 1_000), ("b", 1_000), ("c", 2_000), ("d", 3_000)]
+            .into_iter()
+            .map(|(jti, exp)| {
+                let mut rec = suite::exchange(jti, &format!("token-{jti}"), exp);
+                rec.new_pins.clear();
+                Write::Exchange(Box::new(rec))
+            })
+            .collect();
+        assert!(writer.write_batch(&writes).expect("batch").iter().all(Result::is_ok));
+        let leeway = crate::storage::JTI_RETENTION_LEEWAY_SECS;
+        let counted = |writer: &SqliteBatchWriter| {
+            let mut seconds: Vec<(i64, i64)> =
+                writer.replay.as_ref().expect("loaded").next_in_second.iter().map(|(s, n)| (*s, *n)).collect();
+            seconds.sort_unstable();
+            seconds
+        };
+        assert_eq!(counted(&writer), [(1_000 + leeway, 2), (2_000 + leeway, 1), (3_000 + leeway, 1)]);
+        assert_eq!(writer.purge_chunk(2_500 + leeway).expect("purge"), 3);
+        assert_eq!(counted(&writer), [(2_000 + leeway, 1), (3_000 + leeway, 1)], "the last second reached is kept");
+        drop(writer);
+    }
+
     async fn store_at(path: &Path) -> super::super::SqliteStore {
         super::super::SqliteStore::open(path.to_str().expect("utf-8"), &Default::default()).await.expect("open")
     }
@@ -671,7 +873,7 @@ mod tests {
         let mut rec = suite::exchange("bb", "token-3", 1_000);
         rec.new_pins.clear();
         reopened.record_exchange(rec).await.expect("the same second after a restart");
-        let order: Vec<String> = sqlx::query_scalar("SELECT jti FROM used_jtis ORDER BY expires_at, seq")
+        let order: Vec<String> = sqlx::query_scalar("SELECT jti FROM used_jtis ORDER BY key")
             .fetch_all(&reopened.reader)
             .await
             .expect("records");
