@@ -39,6 +39,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// Whether the request says its body is JSON (`Content-Type:
+/// application/json`, parameters allowed). Read from the request's headers
+/// where they are: axum's `HeaderMap` extractor copies the whole map.
+#[derive(Debug, Clone, Copy)]
+pub struct JsonContent(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for JsonContent {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let is_json =
+            parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        Ok(JsonContent(is_json))
+    }
+}
+
 /// `POST /v1/exchange` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -137,12 +155,8 @@ fn token_response<T: Serialize>(body: &T, token_len: usize) -> Response {
 }
 
 /// Parses a JSON body, turning every rejection into the one error shape.
-fn parse_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> Result<T, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-    if !is_json {
+fn parse_json<T: serde::de::DeserializeOwned>(content: JsonContent, body: &Bytes) -> Result<T, ApiError> {
+    if !content.0 {
         return Err(ApiError::invalid_request("send the body as JSON with Content-Type: application/json"));
     }
     serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("invalid JSON body: {e}")))
@@ -185,13 +199,13 @@ fn parse_json<T: serde::de::DeserializeOwned>(headers: &HeaderMap, body: &Bytes)
 pub async fn exchange_json(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    headers: HeaderMap,
+    content: JsonContent,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let req: ExchangeRequest = parse_json(&headers, &body)?;
+    let req: ExchangeRequest = parse_json(content, &body)?;
     // Freed before the exchange waits for its commit, on this thread (see
     // `exchange::exchange`).
-    drop((headers, body));
+    drop(body);
     let ttl = req.ttl.as_ref().map(Ttl::parse).transpose()?;
     let input = ExchangeInput {
         subject_token: req.token,

@@ -37,7 +37,8 @@ ALTER TABLE used_jtis_v7 RENAME TO used_jtis;
 --    time in its id. token_span keeps that number; the exchange writer
 --    raises it in the same transaction as any grant that exceeds it.
 --    Starting value: the largest such span among the rows already held
---    (the 12 hex digits before the id's second hyphen, read as a number).
+--    (the 12 hex digits before the id's second hyphen, read as a number);
+--    finding it reads the audit log once, at this upgrade.
 CREATE TABLE token_span (
     one       INTEGER NOT NULL PRIMARY KEY CHECK (one = 1),
     max_secs  INTEGER NOT NULL CHECK (max_secs >= 0)
