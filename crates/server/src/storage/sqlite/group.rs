@@ -816,12 +816,7 @@ mod tests {
     #[tokio::test]
     async fn purging_forgets_the_counts_of_emptied_seconds() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("writ.db");
-        let store = store_at(&path).await;
-        store.close().await;
-        drop(store);
-        let mut writer =
-            SqliteBatchWriter::open(&path, Duration::from_secs(1), RestartWanted::default()).expect("writer");
+        let mut writer = writer_on_a_new_file(&dir).await;
         let writes: Vec<Write> = [("a", 1_000), ("b", 1_000), ("c", 2_000), ("d", 3_000)]
             .into_iter()
             .map(|(jti, exp)| {
@@ -846,6 +841,14 @@ mod tests {
 
     async fn store_at(path: &Path) -> super::super::SqliteStore {
         super::super::SqliteStore::open(path.to_str().expect("utf-8"), &Default::default()).await.expect("open")
+    }
+
+    /// A batch writer of its own on a new database file in `dir`, migrated
+    /// by a store that is closed again.
+    async fn writer_on_a_new_file(dir: &tempfile::TempDir) -> SqliteBatchWriter {
+        let path = dir.path().join("writ.db");
+        store_at(&path).await.close().await;
+        SqliteBatchWriter::open(&path, Duration::from_secs(1), RestartWanted::default()).expect("writer")
     }
 
     /// Each (issuer, jti) is exchanged once, whatever `exp` it comes with,
@@ -937,11 +940,7 @@ mod tests {
     #[tokio::test]
     async fn purging_empties_the_index_with_the_table() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("writ.db");
-        let store = store_at(&path).await;
-        store.close().await;
-        let mut writer =
-            SqliteBatchWriter::open(&path, Duration::from_secs(1), RestartWanted::default()).expect("writer");
+        let mut writer = writer_on_a_new_file(&dir).await;
         let writes: Vec<Write> = (0..(PURGE_CHUNK + 10))
             .map(|i| {
                 let mut rec = suite::exchange(&format!("s-{i}"), &format!("t-{i}"), 1_000 + i % 3);
