@@ -244,8 +244,6 @@ impl ReplayIndex {
             *next = (*next).max(key.number() + 1);
             seen.insert(fingerprint(&issuer, &jti));
         }
-        drop(rows);
-        drop(select);
         let token_span: i64 = conn
             .query_row("SELECT coalesce(max(max_secs), 0) FROM token_span", [], |row| row.get(0))
             .map_err(map_err)?;
