@@ -6,9 +6,12 @@
 //! (`start + i / rate`), not from when it was actually sent: a server that
 //! stalls delays the requests scheduled behind the stall, and measuring from
 //! the actual send would hide exactly that (coordinated omission). The
-//! schedule is kept with Tokio's timer, whose 1 ms granularity adds up to
-//! 1 ms to open-loop figures; that error is the generator's, documented
-//! in docs/PERFORMANCE.md.
+//! schedule is kept with Tokio's timer, whose 1 ms granularity starts a
+//! request about 1 ms late at the median and 2 ms at p99; that lateness
+//! is the generator's, and each open loop reports it beside its latencies.
+//! A schedule kept to a quarter of a millisecond on a `timerfd` was tried
+//! and not kept (docs/PERFORMANCE.md, session 19): its extra wake-ups cost
+//! the generator half as much CPU again and the open loop's p99 rose.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -322,6 +325,7 @@ pub async fn open_loop(
                     let Some(body) = source.get(i).await else { break };
                     let intended = start + interval.mul_f64(i as f64);
                     tokio::time::sleep_until(intended).await;
+                    rec.sent_late(intended.elapsed());
                     let result = conn.exchange(body).await;
                     rec.record(intended.elapsed(), result);
                 }

@@ -520,6 +520,9 @@ struct Phase {
     first_error: Option<String>,
     throughput: f64,
     summary: Summary,
+    /// Open loops only: how late the generator began each request, which
+    /// every latency of `summary` includes.
+    send_lateness: Option<Summary>,
     server_cpu_us_per_exchange: Option<f64>,
     server_cores: Option<f64>,
     generator_cpu_us_per_request: f64,
@@ -539,6 +542,12 @@ impl Phase {
             s.push_str(&format!("; server CPU {us:.0} µs/exchange ({cores:.2} cores busy)"));
         }
         s.push_str(&format!("; generator CPU {:.0} µs/request", self.generator_cpu_us_per_request));
+        if let Some(late) = &self.send_lateness {
+            s.push_str(&format!(
+                "\n  the generator began requests late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (included above)",
+                late.p50, late.p99, late.max
+            ));
+        }
         if let Some(e) = &self.first_error {
             s.push_str(&format!("\n  first error: {}", e.chars().take(300).collect::<String>()));
         }
@@ -552,6 +561,7 @@ impl Phase {
         extra["error_classes"] = self.error_classes.clone();
         extra["throughput_per_s"] = json!(self.throughput);
         extra["latency"] = self.summary.to_json();
+        extra["send_lateness"] = json!(self.send_lateness.map(Summary::to_json));
         extra["server_cpu_us_per_exchange"] = json!(self.server_cpu_us_per_exchange);
         extra["server_cores_busy"] = json!(self.server_cores);
         extra["generator_cpu_us_per_request"] = json!(self.generator_cpu_us_per_request);
@@ -581,6 +591,7 @@ where
         first_error: done.first_error.clone(),
         throughput: done.ok as f64 / wall.as_secs_f64(),
         summary: summarize(&done.latencies_us),
+        send_lateness: (!done.send_lateness_us.is_empty()).then(|| summarize(&done.send_lateness_us)),
         server_cpu_us_per_exchange: server_cpu.map(|c| c * 1e6 / requests as f64),
         server_cores: server_cpu.map(|c| c / wall.as_secs_f64()),
         generator_cpu_us_per_request: (self_after.cpu_secs - self_before.cpu_secs) * 1e6 / requests as f64,

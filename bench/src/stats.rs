@@ -18,6 +18,10 @@ pub struct Recorded {
     pub latencies_us: Vec<u32>,
     /// Latencies since the last [`Recorder::take_interval`], in µs.
     pub interval_us: Vec<u32>,
+    /// How late the generator itself sent each request of an open loop
+    /// (from its intended time to the moment the request was written), in
+    /// µs. This lateness is part of every latency above.
+    pub send_lateness_us: Vec<u32>,
     /// Requests answered 200.
     pub ok: u64,
     /// Failures by class (`http 503`, `transport`, …).
@@ -42,6 +46,12 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// Records how late the generator sent one request of an open loop.
+    pub fn sent_late(&self, lateness: Duration) {
+        let us = u32::try_from(lateness.as_micros()).unwrap_or(u32::MAX);
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).send_lateness_us.push(us);
     }
 
     /// Takes the latencies recorded since the previous call (for the
@@ -147,7 +157,9 @@ mod tests {
         r.record(Duration::from_millis(1), Ok(()));
         r.record(Duration::from_millis(2), Err(("http 503".into(), "first".into())));
         r.record(Duration::from_millis(3), Err(("http 503".into(), "second".into())));
+        r.sent_late(Duration::from_micros(250));
         let done = r.finish();
+        assert_eq!(done.send_lateness_us, vec![250]);
         assert_eq!((done.ok, done.error_count(), done.first_error.as_deref()), (1, 2, Some("first")));
         assert_eq!(done.latencies_us, vec![1000, 2000, 3000]);
     }
