@@ -1336,6 +1336,24 @@ mod tests {
         assert_eq!(revoke_at(&store, 39_000).await, 1);
     }
 
+    /// A token_span row deleted by hand is recomputed from the audit log
+    /// when the writer next loads, so a shorter span recorded after it
+    /// cannot hide the longer-lived tokens issued before.
+    #[tokio::test]
+    async fn a_lost_token_span_is_recomputed_from_the_held_tokens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = file_store(&dir).await;
+        store.record_exchange(held_at("subject-1", 10_000, 17_200)).await.expect("exchange");
+        store.record_exchange(held_at("subject-2", 11_000, 11_600)).await.expect("exchange");
+        sqlx::query("DELETE FROM token_span").execute(&store.reader).await.expect("delete the row");
+        store.close().await;
+        drop(store);
+        let store = file_store(&dir).await;
+        store.record_exchange(held_at("subject-3", 20_000, 20_060)).await.expect("exchange");
+        assert_eq!(token_span(&store).await, 7_200, "recomputed, not started again from 60");
+        assert_eq!(revoke_at(&store, 15_000).await, 2, "the 7,200 s token from 10,000 and the one from 20,000");
+    }
+
     /// Version 7 replaces the index audit_tokens by token_span: its value
     /// starts at the longest span among the tokens a version 6 file holds
     /// (read from the ids' text by the migration), and those tokens stay

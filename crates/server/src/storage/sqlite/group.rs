@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use rusqlite::{CachedStatement, Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    CachedStatement, Connection, ErrorCode, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params,
+};
 
 use super::PURGE_CHUNK;
 use super::checkpoint::RestartWanted;
@@ -128,6 +130,48 @@ fn token_span(id: &uuid::Uuid, expires_at: i64) -> i64 {
     let millis = u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]]);
     let secs = i64::try_from(millis / 1000).unwrap_or(i64::MAX);
     expires_at.saturating_sub(secs).max(0)
+}
+
+/// Recomputes `token_span` from the tokens the audit log holds and
+/// records it, for a database whose row has gone (nothing in writ deletes
+/// it; a hand-edited file might). Without the row revocation reads an
+/// org's whole audit log, which is correct but slow, and the writer would
+/// start again from 0: a shorter span recorded then would bound
+/// revocation's search and miss the longer-lived tokens issued before.
+/// Reads the audit log once.
+fn restore_token_span(conn: &Connection) -> Result<i64, StorageError> {
+    let mut select = conn
+        .prepare("SELECT id, token_expires_at FROM audit WHERE token_jti = id AND token_expires_at IS NOT NULL")
+        .map_err(map_err)?;
+    let mut rows = select.query([]).map_err(map_err)?;
+    let (mut span, mut held, mut unreadable) = (0, 0u64, 0u64);
+    while let Some(row) = rows.next().map_err(map_err)? {
+        let id: String = row.get(0).map_err(map_err)?;
+        let expires_at: i64 = row.get(1).map_err(map_err)?;
+        match uuid::Uuid::try_parse(&id) {
+            Ok(id) => {
+                span = span.max(token_span(&id, expires_at));
+                held += 1;
+            }
+            // Not an id writ made: no span describes it, and revocation,
+            // which compares ids as text, finds it only if it sorts after
+            // the bound.
+            Err(_) => unreadable += 1,
+        }
+    }
+    conn.execute(
+        "INSERT INTO token_span (one, max_secs) VALUES (1, ?1) \
+         ON CONFLICT (one) DO UPDATE SET max_secs = max(max_secs, excluded.max_secs)",
+        [span],
+    )
+    .map_err(map_err)?;
+    tracing::warn!(
+        token_span = span,
+        held,
+        unreadable,
+        "the token_span table was empty; recomputed it from the tokens in the audit log"
+    );
+    Ok(span)
 }
 
 /// The first 128 bits of SHA-256 over `issuer`, a zero byte and `jti`:
@@ -244,9 +288,12 @@ impl ReplayIndex {
             *next = (*next).max(key.number() + 1);
             seen.insert(fingerprint(&issuer, &jti));
         }
-        let token_span: i64 = conn
-            .query_row("SELECT coalesce(max(max_secs), 0) FROM token_span", [], |row| row.get(0))
-            .map_err(map_err)?;
+        let recorded: Option<i64> =
+            conn.query_row("SELECT max_secs FROM token_span", [], |row| row.get(0)).optional().map_err(map_err)?;
+        let token_span = match recorded {
+            Some(span) => span,
+            None => restore_token_span(conn)?,
+        };
         tracing::debug!(records = seen.len(), token_span, "loaded the replay index");
         Ok(ReplayIndex { seen, next_in_second, token_span, _lock: lock })
     }
