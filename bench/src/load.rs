@@ -327,7 +327,7 @@ pub async fn open_loop(
                     tokio::time::sleep_until(intended).await;
                     rec.sent_late(intended.elapsed());
                     let result = conn.exchange(body).await;
-                    rec.record(intended.elapsed(), result);
+                    rec.record_scheduled(intended - start, intended.elapsed(), result);
                 }
                 conn
             })

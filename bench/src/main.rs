@@ -29,7 +29,7 @@ use writ_testkit::{FakeIssuer, IssuerShape};
 
 use crate::load::{Conn, Source, Target};
 use crate::procstat::ProcSample;
-use crate::stats::{Recorder, Summary, summarize};
+use crate::stats::{BySecond, Recorder, Summary, summarize};
 use crate::tokens::{Minter, TokenShape};
 
 /// Load generator for writ's token exchange (loopback only).
@@ -523,6 +523,8 @@ struct Phase {
     /// Open loops only: how late the generator began each request, which
     /// every latency of `summary` includes.
     send_lateness: Option<Summary>,
+    /// Open loops only: the latencies second by second.
+    by_second: Option<BySecond>,
     server_cpu_us_per_exchange: Option<f64>,
     server_cores: Option<f64>,
     generator_cpu_us_per_request: f64,
@@ -548,6 +550,9 @@ impl Phase {
                 late.p50, late.p99, late.max
             ));
         }
+        if let Some(line) = self.by_second.as_ref().and_then(BySecond::line) {
+            s.push_str(&format!("\n  {line}"));
+        }
         if let Some(e) = &self.first_error {
             s.push_str(&format!("\n  first error: {}", e.chars().take(300).collect::<String>()));
         }
@@ -562,6 +567,7 @@ impl Phase {
         extra["throughput_per_s"] = json!(self.throughput);
         extra["latency"] = self.summary.to_json();
         extra["send_lateness"] = json!(self.send_lateness.map(Summary::to_json));
+        extra["by_second"] = json!(self.by_second.as_ref().map(BySecond::to_json));
         extra["server_cpu_us_per_exchange"] = json!(self.server_cpu_us_per_exchange);
         extra["server_cores_busy"] = json!(self.server_cores);
         extra["generator_cpu_us_per_request"] = json!(self.generator_cpu_us_per_request);
@@ -592,6 +598,7 @@ where
         throughput: done.ok as f64 / wall.as_secs_f64(),
         summary: summarize(&done.latencies_us),
         send_lateness: (!done.send_lateness_us.is_empty()).then(|| summarize(&done.send_lateness_us)),
+        by_second: (!done.by_second_us.is_empty()).then(|| BySecond::new(&done.by_second_us)),
         server_cpu_us_per_exchange: server_cpu.map(|c| c * 1e6 / requests as f64),
         server_cores: server_cpu.map(|c| c / wall.as_secs_f64()),
         generator_cpu_us_per_request: (self_after.cpu_secs - self_before.cpu_secs) * 1e6 / requests as f64,

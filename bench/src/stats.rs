@@ -22,6 +22,10 @@ pub struct Recorded {
     /// (from its intended time to the moment the request was written), in
     /// µs. This lateness is part of every latency above.
     pub send_lateness_us: Vec<u32>,
+    /// Open loops: the latencies again, grouped by the second (from the
+    /// phase's start) in which each request was meant to be sent, to tell
+    /// a tail spread over the whole phase from a stall of one second.
+    pub by_second_us: Vec<Vec<u32>>,
     /// Requests answered 200.
     pub ok: u64,
     /// Failures by class (`http 503`, `transport`, …).
@@ -46,6 +50,25 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// Records one request of an open loop, meant to be sent `scheduled`
+    /// after the phase's start.
+    pub fn record_scheduled(&self, scheduled: Duration, latency: Duration, result: Result<(), (String, String)>) {
+        let second = usize::try_from(scheduled.as_secs()).unwrap_or(usize::MAX);
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        {
+            let mut r = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            // A schedule is never longer than the run's --max-time, so the
+            // vector stays small; a nonsense offset is not grown into.
+            if second < 100_000 {
+                if r.by_second_us.len() <= second {
+                    r.by_second_us.resize_with(second + 1, Vec::new);
+                }
+                r.by_second_us[second].push(us);
+            }
+        }
+        self.record(latency, result);
     }
 
     /// Records how late the generator sent one request of an open loop.
@@ -115,6 +138,65 @@ pub fn summarize(latencies_us: &[u32]) -> Summary {
     }
 }
 
+/// How an open loop's tail is spread over its seconds.
+#[derive(Debug, Clone, Default)]
+pub struct BySecond {
+    /// Each second's percentiles, in the order of the schedule (a second
+    /// in which nothing was meant to be sent has a count of 0).
+    pub seconds: Vec<Summary>,
+}
+
+impl BySecond {
+    /// Latency above which a second counts as over the target (DESIGN's
+    /// p99 at half the peak: 10 ms).
+    pub const TARGET_MS: f64 = 10.0;
+
+    /// Summarizes each second's latencies.
+    pub fn new(by_second_us: &[Vec<u32>]) -> BySecond {
+        BySecond { seconds: by_second_us.iter().map(|l| summarize(l)).collect() }
+    }
+
+    /// The seconds whose p99 is over [`Self::TARGET_MS`], worst first, as
+    /// (second, its summary).
+    pub fn over_target(&self) -> Vec<(usize, Summary)> {
+        let mut over: Vec<_> =
+            self.seconds.iter().copied().enumerate().filter(|(_, s)| s.p99 > Self::TARGET_MS).collect();
+        over.sort_by(|a, b| b.1.p99.total_cmp(&a.1.p99));
+        over
+    }
+
+    /// One line: the range and median of the seconds' p99 and the seconds
+    /// over the target.
+    pub fn line(&self) -> Option<String> {
+        let mut p99s: Vec<f64> = self.seconds.iter().filter(|s| s.count > 0).map(|s| s.p99).collect();
+        if p99s.is_empty() {
+            return None;
+        }
+        p99s.sort_by(f64::total_cmp);
+        let over = self.over_target();
+        let mut line = format!(
+            "each second's p99: {:.2}–{:.2} ms, median {:.2} ms; {} of {} seconds over {} ms",
+            p99s[0],
+            p99s[p99s.len() - 1],
+            p99s[p99s.len() / 2],
+            over.len(),
+            p99s.len(),
+            Self::TARGET_MS
+        );
+        if !over.is_empty() {
+            let worst: Vec<String> =
+                over.iter().take(5).map(|(i, s)| format!("s{i} {:.2} (max {:.2})", s.p99, s.max)).collect();
+            line.push_str(&format!(": {}", worst.join(", ")));
+        }
+        Some(line)
+    }
+
+    /// As a JSON array, one object per second.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.seconds.iter().map(|s| s.to_json()).collect())
+    }
+}
+
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -144,6 +226,30 @@ mod tests {
         let samples: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
         let s = summarize(&samples);
         assert_eq!((s.count, s.p50, s.p90, s.p99, s.max), (100, 50.0, 90.0, 99.0, 100.0));
+    }
+
+    #[test]
+    fn open_loop_latencies_are_kept_by_the_second_they_were_meant_for() {
+        let r = Recorder::default();
+        for ms in 0..100 {
+            r.record_scheduled(Duration::from_millis(10 * ms), Duration::from_millis(2), Ok(()));
+        }
+        // One slow request in second 1, nothing in second 3 and a stall in
+        // second 4.
+        r.record_scheduled(Duration::from_millis(1500), Duration::from_millis(12), Ok(()));
+        for _ in 0..10 {
+            r.record_scheduled(Duration::from_millis(4100), Duration::from_millis(40), Ok(()));
+        }
+        let done = r.finish();
+        assert_eq!(done.latencies_us.len(), 111, "each request also counts in the phase's totals");
+        let by = BySecond::new(&done.by_second_us);
+        let counts: Vec<usize> = by.seconds.iter().map(|s| s.count).collect();
+        assert_eq!(counts, vec![100, 1, 0, 0, 10]);
+        let over: Vec<usize> = by.over_target().iter().map(|(i, _)| *i).collect();
+        assert_eq!(over, vec![4, 1], "worst first, numbered by the schedule's second");
+        let line = by.line().expect("seconds were recorded");
+        assert!(line.contains("2 of 3 seconds over 10 ms: s4 40.00 (max 40.00), s1 12.00"), "{line}");
+        assert!(BySecond::new(&[]).line().is_none());
     }
 
     #[test]
