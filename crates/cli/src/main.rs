@@ -17,7 +17,11 @@ use logging::LogFormat;
 /// mimalloc instead of the system allocator: the exchange allocates many
 /// small short-lived objects (JSON values, claims, SQL arguments) on
 /// several threads, where glibc's malloc spent about a fifth of the
-/// server's CPU (docs/PERFORMANCE.md).
+/// server's CPU (docs/PERFORMANCE.md). The `system-allocator` feature
+/// leaves it out, only so that valgrind's DHAT, which sees the system
+/// allocator's calls, can count the exchange's allocations
+/// (`bench/scripts/allocations-per-exchange`).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
