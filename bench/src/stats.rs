@@ -147,7 +147,7 @@ pub struct BySecond {
 }
 
 impl BySecond {
-    /// Latency above which a second counts as over the target (DESIGN's
+    /// Latency above which a second counts as over the target (issue 6's
     /// p99 at half the peak: 10 ms).
     pub const TARGET_MS: f64 = 10.0;
 
@@ -234,8 +234,8 @@ mod tests {
         for ms in 0..100 {
             r.record_scheduled(Duration::from_millis(10 * ms), Duration::from_millis(2), Ok(()));
         }
-        // One slow request in second 1, nothing in second 3 and a stall in
-        // second 4.
+        // One slow request in second 1, nothing in seconds 2 and 3, and a
+        // stall in second 4.
         r.record_scheduled(Duration::from_millis(1500), Duration::from_millis(12), Ok(()));
         for _ in 0..10 {
             r.record_scheduled(Duration::from_millis(4100), Duration::from_millis(40), Ok(()));
