@@ -309,6 +309,7 @@ pub async fn open_loop(
 ) -> (Duration, Vec<Conn>) {
     let next = Arc::new(AtomicUsize::new(0));
     let start = tokio::time::Instant::now();
+    rec.mark_start(std::time::SystemTime::now());
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let workers: Vec<_> = conns
         .into_iter()

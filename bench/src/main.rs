@@ -525,6 +525,8 @@ struct Phase {
     send_lateness: Option<Summary>,
     /// Open loops only: the latencies second by second.
     by_second: Option<BySecond>,
+    /// Open loops only: when second 0 of `by_second` began.
+    started: Option<std::time::SystemTime>,
     server_cpu_us_per_exchange: Option<f64>,
     server_cores: Option<f64>,
     generator_cpu_us_per_request: f64,
@@ -552,6 +554,9 @@ impl Phase {
         }
         if let Some(line) = self.by_second.as_ref().and_then(BySecond::line) {
             s.push_str(&format!("\n  {line}"));
+            if let Some(at) = self.started {
+                s.push_str(&format!(" (s0 began at {})", stats::utc_clock(at)));
+            }
         }
         if let Some(e) = &self.first_error {
             s.push_str(&format!("\n  first error: {}", e.chars().take(300).collect::<String>()));
@@ -568,6 +573,7 @@ impl Phase {
         extra["latency"] = self.summary.to_json();
         extra["send_lateness"] = json!(self.send_lateness.map(Summary::to_json));
         extra["by_second"] = json!(self.by_second.as_ref().map(BySecond::to_json));
+        extra["started_unix_s"] = json!(self.started.map(stats::unix_secs));
         extra["server_cpu_us_per_exchange"] = json!(self.server_cpu_us_per_exchange);
         extra["server_cores_busy"] = json!(self.server_cores);
         extra["generator_cpu_us_per_request"] = json!(self.generator_cpu_us_per_request);
@@ -599,6 +605,7 @@ where
         summary: summarize(&done.latencies_us),
         send_lateness: (!done.send_lateness_us.is_empty()).then(|| summarize(&done.send_lateness_us)),
         by_second: (!done.by_second_us.is_empty()).then(|| BySecond::new(&done.by_second_us)),
+        started: done.started,
         server_cpu_us_per_exchange: server_cpu.map(|c| c * 1e6 / requests as f64),
         server_cores: server_cpu.map(|c| c / wall.as_secs_f64()),
         generator_cpu_us_per_request: (self_after.cpu_secs - self_before.cpu_secs) * 1e6 / requests as f64,

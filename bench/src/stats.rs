@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What one load phase observed. Shared by the phase's workers.
 #[derive(Debug, Default)]
@@ -26,6 +26,10 @@ pub struct Recorded {
     /// phase's start) in which each request was meant to be sent, to tell
     /// a tail spread over the whole phase from a stall of one second.
     pub by_second_us: Vec<Vec<u32>>,
+    /// Open loops: the wall-clock time at which the phase's second 0
+    /// began, to line its seconds up with other tools' clocks
+    /// (`bench/scripts/neighbours`, `perf sched`).
+    pub started: Option<SystemTime>,
     /// Requests answered 200.
     pub ok: u64,
     /// Failures by class (`http 503`, `transport`, …).
@@ -69,6 +73,11 @@ impl Recorder {
             }
         }
         self.record(latency, result);
+    }
+
+    /// Notes the wall-clock time at which an open loop's schedule starts.
+    pub fn mark_start(&self, at: SystemTime) {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).started = Some(at);
     }
 
     /// Records how late the generator sent one request of an open loop.
@@ -217,9 +226,33 @@ impl Summary {
     }
 }
 
+/// Seconds since the Unix epoch, with the fraction (0 for a time before it).
+pub fn unix_secs(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The time of day in UTC to the millisecond (`14:18:15.812 UTC`), as
+/// `date -u` and `bench/scripts/neighbours` print it, so an open loop's
+/// seconds can be lined up with what else ran on the machine.
+pub fn utc_clock(at: SystemTime) -> String {
+    let ms = at.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let in_day = ms % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03} UTC", in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_clock_of_a_phase_start() {
+        // 2026-12-07 14:18:15.812 UTC.
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_653_095_812);
+        assert_eq!(utc_clock(at), "14:18:15.812 UTC");
+        assert!((unix_secs(at) - 1_796_653_095.812).abs() < 1e-3);
+        assert_eq!(utc_clock(SystemTime::UNIX_EPOCH), "00:00:00.000 UTC");
+        assert_eq!(unix_secs(SystemTime::UNIX_EPOCH - Duration::from_secs(5)), 0.0);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
