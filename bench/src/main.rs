@@ -10,6 +10,7 @@
 
 mod ceiling;
 mod load;
+mod memprobe;
 mod procstat;
 mod server;
 mod stats;
@@ -241,6 +242,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ceiling.sign_us,
         ceiling.per_core()
     );
+    // The host's memory speed, measured when the ceiling is: the ceiling
+    // hardly depends on it, writ's other work does (see `memprobe`).
+    let chain = Arc::new(tokio::task::spawn_blocking(memprobe::Chain::new).await?);
+    let measure_memory = {
+        let chain = chain.clone();
+        move || chain.measure()
+    };
+    let mut memory_ns = vec![tokio::task::spawn_blocking(measure_memory.clone()).await?];
 
     let mut report = json!({
         "machine": { "cpus": cpus, "load_at_start": load },
@@ -275,6 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // crypto's speed drifts within minutes, and the fastest of
             // all measurements is the strictest ceiling.
             ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling.clone()).await??);
+            memory_ns.push(tokio::task::spawn_blocking(measure_memory.clone()).await?);
         }
         report["closed_loop"] = json!(closed);
 
@@ -317,6 +327,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
 
         ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling).await??);
+        memory_ns.push(tokio::task::spawn_blocking(measure_memory).await?);
         let ratio = best / ceiling.per_core();
         println!(
             "crypto ceiling (one core, fastest of {} measurements: before, after each phase): \
@@ -326,12 +337,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ceiling.sign_us,
             ceiling.per_core()
         );
+        let shown: Vec<String> = memory_ns.iter().map(|ns| format!("{ns:.0}")).collect();
+        println!(
+            "host memory latency: {} ns per dependent load from a random line of 64 MiB (before load, then after each phase)",
+            shown.join(", ")
+        );
         println!(
             "RESULT: best closed-loop {best:.0} exchanges/s = {ratio:.2} x the single-core crypto ceiling; \
              open loop at {rate:.0}/s: p99 {:.2} ms",
             phase.summary.p99
         );
         report["ceiling"] = ceiling.to_json();
+        report["memory_ns_per_load"] = json!(memory_ns);
         report["best_throughput_per_s"] = json!(best);
         report["ratio_to_single_core_ceiling"] = json!(ratio);
     }
