@@ -1,5 +1,5 @@
-//! How long one load from main memory takes right now: a host-speed probe
-//! beside the crypto ceiling.
+//! How long one load from beyond a core's own caches takes right now: a
+//! host-speed probe beside the crypto ceiling.
 //!
 //! The ceiling's RSA and Ed25519 work runs from the first-level caches, so
 //! it barely moves when the machine's memory gets slower; writ's other
@@ -8,14 +8,18 @@
 //! shared host whose memory slows for minutes at a time, the ratio to the
 //! ceiling falls while the ceiling stays put. This probe measures that
 //! directly: a chain of dependent loads, each from a random cache line of
-//! a buffer much larger than the last-level cache, so every step waits for
-//! memory (and, with 4 KiB pages, mostly for a page-table walk too, as
-//! writ's own misses do).
+//! a buffer far larger than a core's private caches, so every step waits
+//! for the parts of the machine that other guests share: the last-level
+//! cache or memory, and, with 4 KiB pages, mostly a page-table walk too,
+//! as writ's own misses do. (Whether 64 MiB also exceeds the last-level
+//! cache depends on the host: session 21's Xeon reported 480 MiB of L3,
+//! session 18's EPYC 32.)
 
 use std::time::Instant;
 
-/// Bytes of the buffer the chain runs through: larger than the whole
-/// last-level cache of the 2-vCPU guests this runs on (32 MiB at most).
+/// Bytes of the buffer the chain runs through: 32 times a core's private
+/// L2 (2 MiB at most on the hosts so far), small enough to build in a
+/// fraction of a second.
 const BUFFER_BYTES: usize = 64 << 20;
 /// One cache line.
 const LINE_BYTES: usize = 64;
