@@ -242,14 +242,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ceiling.sign_us,
         ceiling.per_core()
     );
-    // The host's memory speed, measured when the ceiling is: the ceiling
-    // hardly depends on it, writ's other work does (see `memprobe`).
-    let chain = Arc::new(tokio::task::spawn_blocking(memprobe::Chain::new).await?);
-    let measure_memory = {
-        let chain = chain.clone();
-        move || chain.measure()
-    };
-    let mut memory_ns = vec![tokio::task::spawn_blocking(measure_memory.clone()).await?];
 
     let mut report = json!({
         "machine": { "cpus": cpus, "load_at_start": load },
@@ -262,6 +254,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         failed += soaked["errors"].as_u64().unwrap_or(0);
         report["soak"] = soaked;
     } else {
+        // The host's memory speed, measured when the ceiling is: the
+        // ceiling hardly depends on it, writ's other work does (see
+        // `memprobe`). Not in a soak, whose report holds no ceiling either.
+        let chain = Arc::new(tokio::task::spawn_blocking(memprobe::Chain::new).await?);
+        let measure_memory = move || chain.measure();
+        let mut memory_ns = vec![tokio::task::spawn_blocking(measure_memory.clone()).await?];
         let mut best = 0.0_f64;
         let mut closed = Vec::new();
         for &c in &args.concurrency {
