@@ -93,7 +93,8 @@ struct Args {
     /// Threads minting tokens (default: one per core; 2 while soaking).
     #[arg(long)]
     mint_threads: Option<usize>,
-    /// Time spent measuring each crypto operation of the ceiling.
+    /// Time spent measuring each crypto operation of the ceiling (and half
+    /// of it on each measurement of the host's idle penalty).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     ceiling_time: Duration,
     /// The org to ask for.
@@ -235,6 +236,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (probe_token, jwk, signing_input) = (probe_token.clone(), jwk.clone(), signing_input.clone());
         move || ceiling::measure(&probe_token, &jwk, &signing_input, ceiling_time)
     };
+    let measure_idle = {
+        let (probe_token, jwk, signing_input) = (probe_token.clone(), jwk.clone(), signing_input.clone());
+        move || ceiling::idle_penalty(&probe_token, &jwk, &signing_input, ceiling_time / 2)
+    };
     let mut ceiling = tokio::task::spawn_blocking(measure_ceiling.clone()).await??;
     println!(
         "crypto ceiling (one core, before load): RS256 verify {:.1} µs + Ed25519 sign {:.1} µs = {:.0} exchanges/s",
@@ -260,6 +265,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let chain = Arc::new(tokio::task::spawn_blocking(memprobe::Chain::new).await?);
         let measure_memory = move || chain.measure();
         let mut memory_ns = vec![tokio::task::spawn_blocking(measure_memory.clone()).await?];
+        // And how much slower the crypto runs right after a sleep: what an
+        // open loop's wake-ups cost on this host (see `IdlePenalty`).
+        let mut idle = vec![tokio::task::spawn_blocking(measure_idle.clone()).await??];
         let mut best = 0.0_f64;
         let mut closed = Vec::new();
         for &c in &args.concurrency {
@@ -283,6 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // all measurements is the strictest ceiling.
             ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling.clone()).await??);
             memory_ns.push(tokio::task::spawn_blocking(measure_memory.clone()).await?);
+            idle.push(tokio::task::spawn_blocking(measure_idle.clone()).await??);
         }
         report["closed_loop"] = json!(closed);
 
@@ -326,6 +335,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
         ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling).await??);
         memory_ns.push(tokio::task::spawn_blocking(measure_memory).await?);
+        idle.push(tokio::task::spawn_blocking(measure_idle).await??);
         let ratio = best / ceiling.per_core();
         println!(
             "crypto ceiling (one core, fastest of {} measurements: before, after each phase): \
@@ -340,6 +350,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "host memory latency: {} ns per dependent load from a random line of 64 MiB (before load, then after each phase)",
             shown.join(", ")
         );
+        let ratios: Vec<String> = idle.iter().map(|p| format!("{:.2}", p.ratio())).collect();
+        println!(
+            "host idle penalty: the crypto takes {} x as long right after a {} µs sleep as back to back \
+             (before load: {:.1} against {:.1} µs; then after each phase)",
+            ratios.join(", "),
+            ceiling::IDLE_GAP.as_micros(),
+            idle[0].after_sleep_us,
+            idle[0].busy_us,
+        );
         println!(
             "RESULT: best closed-loop {best:.0} exchanges/s = {ratio:.2} x the single-core crypto ceiling; \
              open loop at {rate:.0}/s: p99 {:.2} ms",
@@ -347,6 +366,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         report["ceiling"] = ceiling.to_json();
         report["memory_ns_per_load"] = json!(memory_ns);
+        report["idle_penalty"] = json!({
+            "sleep_us": ceiling::IDLE_GAP.as_micros() as u64,
+            "measurements": idle.iter().map(|p| p.to_json()).collect::<Vec<_>>(),
+        });
         report["best_throughput_per_s"] = json!(best);
         report["ratio_to_single_core_ceiling"] = json!(ratio);
     }
