@@ -65,14 +65,17 @@ pub fn measure(
 /// slept, against back to back.
 ///
 /// On a virtual machine whose idle vCPU halts, the host may hand the
-/// physical core to other work or let it sleep deeply while the guest
-/// idles, and the guest comes back to cold caches and predictors. A
-/// server under an open loop sleeps between requests and pays that on
-/// every wake-up; a closed loop at high concurrency never sleeps. On the
-/// hosts of docs/PERFORMANCE.md (session 22) the same RS256 verification
-/// and Ed25519 signature took about 1.4 times as long after a 50 µs to
-/// 1 ms sleep, and not at all longer when another process kept the CPU
-/// busy meanwhile: the CPU's idling, not the sleep, costs.
+/// physical core to other work, or let it sleep or slow down, while the
+/// guest idles; the guest then comes back to colder caches or a slower
+/// core. A server under an open loop sleeps between requests and pays
+/// that on every wake-up; a closed loop at high concurrency hardly ever
+/// sleeps. On session 22's host (docs/PERFORMANCE.md) the pair took about
+/// 1.1 times as long right after a 200 µs sleep as back to back, and over
+/// spells of low load the whole pair ran about 1.5 times slower for
+/// hundreds of milliseconds at a time. With another process keeping the
+/// core busy in the gaps, a thread pinned to it ran the pair after a sleep
+/// as fast as back to back (p50 31.0 against 30.1 µs): the core's idling
+/// costs, not the sleep or the switch.
 #[derive(Debug, Clone, Copy)]
 pub struct IdlePenalty {
     /// Mean µs of one verification and one signature, back to back.

@@ -351,13 +351,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             shown.join(", ")
         );
         let ratios: Vec<String> = idle.iter().map(|p| format!("{:.2}", p.ratio())).collect();
+        let busy: Vec<String> = idle.iter().map(|p| format!("{:.1}", p.busy_us)).collect();
         println!(
-            "host idle penalty: the crypto takes {} x as long right after a {} µs sleep as back to back \
-             (before load: {:.1} against {:.1} µs; then after each phase)",
+            "host idle penalty: the crypto takes {} x as long right after a {} µs sleep as back to back, \
+             and back to back between idle spells {} µs against the ceiling's {:.1} (before load, then after each phase)",
             ratios.join(", "),
             ceiling::IDLE_GAP.as_micros(),
-            idle[0].after_sleep_us,
-            idle[0].busy_us,
+            busy.join(", "),
+            ceiling.verify_us + ceiling.sign_us,
         );
         println!(
             "RESULT: best closed-loop {best:.0} exchanges/s = {ratio:.2} x the single-core crypto ceiling; \
