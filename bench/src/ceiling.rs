@@ -45,22 +45,6 @@ impl Ceiling {
     }
 }
 
-/// Measures both operations on the calling thread for about `budget` each.
-///
-/// `oidc_token` is a real subject token and `jwk` its issuer's public key;
-/// `signing_input` is what the server signs (`b64(header).b64(claims)` of a
-/// minted writ token), so message sizes match the exchange.
-pub fn measure(
-    oidc_token: &str,
-    jwk: &serde_json::Value,
-    signing_input: &[u8],
-    budget: Duration,
-) -> anyhow::Result<Ceiling> {
-    let crypto = Crypto::new(oidc_token, jwk, signing_input)?;
-    let (verify_us, sign_us) = fastest_windows(budget, || crypto.verify(), || crypto.sign());
-    Ok(Ceiling { verify_us, sign_us })
-}
-
 /// How long the ceiling's two operations take right after the thread
 /// slept, against back to back.
 ///
@@ -85,7 +69,7 @@ pub struct IdlePenalty {
     pub after_sleep_us: f64,
 }
 
-/// The sleep before each pair [`idle_penalty`] times: about the gap
+/// The sleep before each pair [`Crypto::idle_penalty`] times: about the gap
 /// between two requests reaching one core at half the peak rate.
 pub const IDLE_GAP: Duration = Duration::from_micros(200);
 
@@ -105,44 +89,7 @@ impl IdlePenalty {
     }
 }
 
-/// Times single pairs (one verification, one signature) on the calling
-/// thread for about `budget`, in rounds: [`IDLE_WARM_UP`] of untimed
-/// pairs, then [`IDLE_ROUND`] back to back, then [`IDLE_ROUND`] each after
-/// a sleep of [`IDLE_GAP`]. Arguments as for [`measure`].
-pub fn idle_penalty(
-    oidc_token: &str,
-    jwk: &serde_json::Value,
-    signing_input: &[u8],
-    budget: Duration,
-) -> anyhow::Result<IdlePenalty> {
-    let crypto = Crypto::new(oidc_token, jwk, signing_input)?;
-    let timed = |crypto: &Crypto| {
-        let start = Instant::now();
-        crypto.verify();
-        crypto.sign();
-        start.elapsed().as_secs_f64() * 1e6
-    };
-    let (mut busy, mut idle) = (Vec::new(), Vec::new());
-    let start = Instant::now();
-    while busy.is_empty() || start.elapsed() < budget {
-        // The core first runs flat out for a while: after an idle spell it
-        // takes milliseconds, not one pair, to reach full speed again.
-        let warm = Instant::now();
-        while warm.elapsed() < IDLE_WARM_UP {
-            timed(&crypto);
-        }
-        for _ in 0..IDLE_ROUND {
-            busy.push(timed(&crypto));
-        }
-        for _ in 0..IDLE_ROUND {
-            std::thread::sleep(IDLE_GAP);
-            idle.push(timed(&crypto));
-        }
-    }
-    Ok(IdlePenalty { busy_us: trimmed_mean(&mut busy), after_sleep_us: trimmed_mean(&mut idle) })
-}
-
-/// Pairs of each kind per round of [`idle_penalty`].
+/// Pairs of each kind per round of [`Crypto::idle_penalty`].
 const IDLE_ROUND: usize = 25;
 
 /// Work before each round's back-to-back pairs are timed.
@@ -160,7 +107,8 @@ fn trimmed_mean(samples: &mut [f64]) -> f64 {
 
 /// The ceiling's work, ready to run: the issuer's key parsed once, the
 /// subject token split and its signature checked, a fresh Ed25519 key.
-struct Crypto {
+/// Built once per run; both measurements time the same operations.
+pub struct Crypto {
     key: ParsedPublicKey,
     message: Vec<u8>,
     signature: Vec<u8>,
@@ -169,7 +117,10 @@ struct Crypto {
 }
 
 impl Crypto {
-    fn new(oidc_token: &str, jwk: &serde_json::Value, signing_input: &[u8]) -> anyhow::Result<Crypto> {
+    /// `oidc_token` is a real subject token and `jwk` its issuer's public
+    /// key; `signing_input` is what the server signs (`b64(header).b64(claims)`
+    /// of a minted writ token), so message sizes match the exchange.
+    pub fn new(oidc_token: &str, jwk: &serde_json::Value, signing_input: &[u8]) -> anyhow::Result<Crypto> {
         let key = parsed_rsa_key(jwk)?;
         let (message, signature) = oidc_token.rsplit_once('.').context("the subject token is not a JWS")?;
         let signature = URL_SAFE_NO_PAD.decode(signature).context("the subject token's signature is not base64url")?;
@@ -178,6 +129,38 @@ impl Crypto {
         }
         let pair = Ed25519KeyPair::generate().context("generating an Ed25519 key")?;
         Ok(Crypto { key, message: message.as_bytes().to_vec(), signature, pair, signing_input: signing_input.to_vec() })
+    }
+
+    /// Measures both operations on the calling thread for about `budget`
+    /// each.
+    pub fn ceiling(&self, budget: Duration) -> Ceiling {
+        let (verify_us, sign_us) = fastest_windows(budget, || self.verify(), || self.sign());
+        Ceiling { verify_us, sign_us }
+    }
+
+    /// Times single pairs (one verification, one signature) on the calling
+    /// thread for about `budget`, in rounds: [`IDLE_WARM_UP`] of untimed
+    /// pairs, then [`IDLE_ROUND`] back to back, then [`IDLE_ROUND`] each
+    /// after a sleep of [`IDLE_GAP`].
+    pub fn idle_penalty(&self, budget: Duration) -> IdlePenalty {
+        let (mut busy, mut idle) = (Vec::new(), Vec::new());
+        let start = Instant::now();
+        while busy.is_empty() || start.elapsed() < budget {
+            // The core first runs flat out for a while: after an idle spell
+            // it takes milliseconds, not one pair, to reach full speed again.
+            let warm = Instant::now();
+            while warm.elapsed() < IDLE_WARM_UP {
+                self.pair_us();
+            }
+            for _ in 0..IDLE_ROUND {
+                busy.push(self.pair_us());
+            }
+            for _ in 0..IDLE_ROUND {
+                std::thread::sleep(IDLE_GAP);
+                idle.push(self.pair_us());
+            }
+        }
+        IdlePenalty { busy_us: trimmed_mean(&mut busy), after_sleep_us: trimmed_mean(&mut idle) }
     }
 
     /// One RS256 verification. It was checked in [`Crypto::new`]; here
@@ -189,6 +172,14 @@ impl Crypto {
     /// One Ed25519 signature.
     fn sign(&self) {
         let _ = std::hint::black_box(self.pair.try_sign(std::hint::black_box(&self.signing_input)));
+    }
+
+    /// One verification and one signature, timed: µs.
+    fn pair_us(&self) -> f64 {
+        let start = Instant::now();
+        self.verify();
+        self.sign();
+        start.elapsed().as_secs_f64() * 1e6
     }
 }
 

@@ -232,15 +232,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let signing_input = minted_signing_input(&body);
     let jwk = issuer.current_key().public_jwk();
     let ceiling_time = args.ceiling_time;
+    // Parsed and checked once; every measurement below times the same work.
+    let crypto = Arc::new(ceiling::Crypto::new(&probe_token, &jwk, &signing_input)?);
     let measure_ceiling = {
-        let (probe_token, jwk, signing_input) = (probe_token.clone(), jwk.clone(), signing_input.clone());
-        move || ceiling::measure(&probe_token, &jwk, &signing_input, ceiling_time)
+        let crypto = crypto.clone();
+        move || crypto.ceiling(ceiling_time)
     };
-    let measure_idle = {
-        let (probe_token, jwk, signing_input) = (probe_token.clone(), jwk.clone(), signing_input.clone());
-        move || ceiling::idle_penalty(&probe_token, &jwk, &signing_input, ceiling_time / 2)
-    };
-    let mut ceiling = tokio::task::spawn_blocking(measure_ceiling.clone()).await??;
+    let measure_idle = move || crypto.idle_penalty(ceiling_time / 2);
+    let mut ceiling = tokio::task::spawn_blocking(measure_ceiling.clone()).await?;
     println!(
         "crypto ceiling (one core, before load): RS256 verify {:.1} µs + Ed25519 sign {:.1} µs = {:.0} exchanges/s",
         ceiling.verify_us,
@@ -267,7 +266,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let mut memory_ns = vec![tokio::task::spawn_blocking(measure_memory.clone()).await?];
         // And how much slower the crypto runs right after a sleep: what an
         // open loop's wake-ups cost on this host (see `IdlePenalty`).
-        let mut idle = vec![tokio::task::spawn_blocking(measure_idle.clone()).await??];
+        let mut idle = vec![tokio::task::spawn_blocking(measure_idle.clone()).await?];
         let mut best = 0.0_f64;
         let mut closed = Vec::new();
         for &c in &args.concurrency {
@@ -289,9 +288,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Measured again after every phase: on a shared host the
             // crypto's speed drifts within minutes, and the fastest of
             // all measurements is the strictest ceiling.
-            ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling.clone()).await??);
+            ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling.clone()).await?);
             memory_ns.push(tokio::task::spawn_blocking(measure_memory.clone()).await?);
-            idle.push(tokio::task::spawn_blocking(measure_idle.clone()).await??);
+            idle.push(tokio::task::spawn_blocking(measure_idle.clone()).await?);
         }
         report["closed_loop"] = json!(closed);
 
@@ -333,9 +332,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             json!({"rate": rate, "duration_s": args.duration.as_secs_f64(), "warmup_s": args.warmup.as_secs_f64()}),
         );
 
-        ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling).await??);
+        ceiling = ceiling.best(tokio::task::spawn_blocking(measure_ceiling).await?);
         memory_ns.push(tokio::task::spawn_blocking(measure_memory).await?);
-        idle.push(tokio::task::spawn_blocking(measure_idle).await??);
+        idle.push(tokio::task::spawn_blocking(measure_idle).await?);
         let ratio = best / ceiling.per_core();
         println!(
             "crypto ceiling (one core, fastest of {} measurements: before, after each phase): \
