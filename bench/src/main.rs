@@ -268,6 +268,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // open loop's wake-ups cost on this host (see `IdlePenalty`).
         let mut idle = vec![tokio::task::spawn_blocking(measure_idle.clone()).await?];
         let mut best = 0.0_f64;
+        // The server's CPU per exchange in the phase that set `best`.
+        let mut best_cpu_us = None;
         let mut closed = Vec::new();
         for &c in &args.concurrency {
             let bodies = premint(&minter, args.requests, mint_threads, &nonces).await?;
@@ -281,7 +283,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 }
             })
             .await?;
-            best = best.max(phase.throughput);
+            if phase.throughput > best {
+                best = phase.throughput;
+                best_cpu_us = phase.server_cpu_us_per_exchange;
+            }
             failed += phase.errors;
             println!("closed loop, {c} in flight: {}", phase.line());
             closed.push(phase.to_json(json!({"concurrency": c})));
@@ -328,6 +333,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             phase.line()
         );
         failed += phase.errors;
+        if let Some(premium) = Premium::of(&phase, best_cpu_us) {
+            println!("  {}", premium.line(cpus));
+            report["open_loop_premium"] = premium.to_json();
+        }
         report["open_loop"] = phase.to_json(
             json!({"rate": rate, "duration_s": args.duration.as_secs_f64(), "warmup_s": args.warmup.as_secs_f64()}),
         );
@@ -619,6 +628,66 @@ impl Phase {
     }
 }
 
+/// What an open loop costs beyond the closed loop that set its rate.
+///
+/// At half the peak, the cores the server keeps busy are about half the
+/// best closed loop's times this ratio, however cheap an exchange is. On
+/// two cores shared with the generator, the p99 climbs with them
+/// (docs/PERFORMANCE.md, "What bounds throughput"), so this line tells a
+/// p99 missed for lack of CPU from one missed to a stall.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Premium {
+    /// The server's CPU per exchange in the open loop, µs.
+    open_us: f64,
+    /// The same in the closed loop with the best throughput, µs.
+    closed_us: f64,
+    /// The server's cores busy in the open loop.
+    server_cores: f64,
+    /// The generator's cores busy in the open loop.
+    generator_cores: f64,
+}
+
+impl Premium {
+    /// `None` when the server's CPU was not measured (`--server` without
+    /// `--server-pid`) or a phase granted nothing.
+    fn of(open: &Phase, closed_us: Option<f64>) -> Option<Premium> {
+        let (open_us, closed_us, server_cores) = (open.server_cpu_us_per_exchange?, closed_us?, open.server_cores?);
+        (open_us > 0.0 && closed_us > 0.0).then(|| Premium {
+            open_us,
+            closed_us,
+            server_cores,
+            generator_cores: open.generator_cpu_us_per_request * open.throughput / 1e6,
+        })
+    }
+
+    fn ratio(&self) -> f64 {
+        self.open_us / self.closed_us
+    }
+
+    fn line(&self, cpus: usize) -> String {
+        format!(
+            "open-loop premium: the server took {:.0} µs per exchange against {:.0} in the best closed loop = {:.2} x; \
+             server and generator kept {:.2} + {:.2} = {:.2} of {cpus} cores busy",
+            self.open_us,
+            self.closed_us,
+            self.ratio(),
+            self.server_cores,
+            self.generator_cores,
+            self.server_cores + self.generator_cores,
+        )
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "ratio": self.ratio(),
+            "open_cpu_us_per_exchange": self.open_us,
+            "closed_cpu_us_per_exchange": self.closed_us,
+            "server_cores_busy": self.server_cores,
+            "generator_cores_busy": self.generator_cores,
+        })
+    }
+}
+
 async fn measure_phase<F, Fut>(under: &Under, run: F) -> anyhow::Result<Phase>
 where
     F: FnOnce() -> Fut,
@@ -835,6 +904,40 @@ mod tests {
         let nonces = Nonces { target: nonce_server(503).await, path: Some("/nonce".into()) };
         let err = nonces.fetch(3).await.expect_err("must fail").to_string();
         assert!(err.contains("POST /nonce answered HTTP 503") && err.contains("nope"), "{err}");
+    }
+
+    fn open_phase(server_us: Option<f64>, server_cores: Option<f64>) -> Phase {
+        Phase {
+            wall: Duration::from_secs(10),
+            ok: 100_000,
+            errors: 0,
+            error_classes: json!({}),
+            first_error: None,
+            throughput: 10_000.0,
+            summary: Summary::default(),
+            send_lateness: None,
+            by_second: None,
+            started: None,
+            server_cpu_us_per_exchange: server_us,
+            server_cores,
+            generator_cpu_us_per_request: 18.0,
+        }
+    }
+
+    #[test]
+    fn the_premium_compares_the_open_loop_with_the_best_closed_loop() {
+        let premium = Premium::of(&open_phase(Some(121.0), Some(1.21)), Some(86.0)).expect("both measured");
+        assert!((premium.ratio() - 121.0 / 86.0).abs() < 1e-9);
+        assert!((premium.generator_cores - 0.18).abs() < 1e-9, "18 µs per request at 10,000/s");
+        let line = premium.line(2);
+        assert!(line.contains("121 µs per exchange against 86") && line.contains("= 1.41 x"), "{line}");
+        assert!(line.contains("1.21 + 0.18 = 1.39 of 2 cores busy"), "{line}");
+        assert_eq!(premium.to_json()["closed_cpu_us_per_exchange"], 86.0);
+        // No line for a server whose CPU was not measured, or a phase
+        // that granted nothing.
+        assert!(Premium::of(&open_phase(None, None), Some(86.0)).is_none());
+        assert!(Premium::of(&open_phase(Some(121.0), Some(1.21)), None).is_none());
+        assert!(Premium::of(&open_phase(Some(121.0), Some(1.21)), Some(0.0)).is_none());
     }
 
     #[test]
