@@ -635,7 +635,7 @@ impl Phase {
 /// two cores shared with the generator, the p99 climbs with them
 /// (docs/PERFORMANCE.md, "What bounds throughput"), so this line tells a
 /// p99 missed for lack of CPU from one missed to a stall.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 struct Premium {
     /// The server's CPU per exchange in the open loop, µs.
     open_us: f64,
