@@ -6,12 +6,21 @@
 //! (`start + i / rate`), not from when it was actually sent: a server that
 //! stalls delays the requests scheduled behind the stall, and measuring from
 //! the actual send would hide exactly that (coordinated omission). The
-//! schedule is kept with Tokio's timer, whose 1 ms granularity starts a
-//! request about 1 ms late at the median and 2 ms at p99; that lateness
-//! is the generator's, and each open loop reports it beside its latencies.
-//! A schedule kept to a quarter of a millisecond on a `timerfd` was tried
-//! and not kept (docs/PERFORMANCE.md, session 19): its extra wake-ups cost
-//! the generator half as much CPU again and the open loop's p99 rose.
+//! schedule is kept with Tokio's timer, which has 1 ms ticks and rounds a
+//! wait up twice (the deadline to its tick, then the wait for that tick),
+//! so a task that sleeps until its slot starts 0–2 ms late. Each request
+//! therefore sleeps until 1 ms before its slot ([`EARLY`]) and starts
+//! between about 1 ms early and 1 ms late: a request sent early counts
+//! from its send, one sent late from its slot, so a latency is never less
+//! than the request's own round trip and still holds any lateness of the
+//! generator's. Each open loop reports that lateness beside its latencies.
+//! The server sees the same load either way: the requests of one tick go
+//! out together, 1 ms sooner. (Until session 24 requests slept until the
+//! slot itself, and the timer's 1 ms at p50 and 2 ms at p99 were counted
+//! as the server's.) A schedule kept to a quarter of a millisecond on a
+//! `timerfd` was tried and not kept (docs/PERFORMANCE.md, session 19):
+//! its extra wake-ups cost the generator half as much CPU again and the
+//! open loop's p99 rose.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -295,6 +304,25 @@ pub async fn closed_loop(target: &Target, bodies: Arc<Vec<Bytes>>, concurrency: 
     start.elapsed()
 }
 
+/// How long before its slot a request's task wakes: Tokio's timer wakes a
+/// task 0–2 ms after the instant it asks for, so asking for 1 ms before
+/// the slot starts the request between about 1 ms early and 1 ms late.
+pub const EARLY: Duration = Duration::from_millis(1);
+
+/// The instant to sleep until for a request meant to start at `intended`.
+fn wake_for(intended: tokio::time::Instant) -> tokio::time::Instant {
+    intended.checked_sub(EARLY).unwrap_or(intended)
+}
+
+/// Where a request's latency starts: its slot, or its send if that came
+/// first. A late send is the generator's lateness, and is counted, as a
+/// server's stall is (no coordinated omission); an early one is not
+/// credited to the server, whose latency is then the request's own round
+/// trip.
+fn counted_from(intended: tokio::time::Instant, sent: tokio::time::Instant) -> tokio::time::Instant {
+    intended.min(sent)
+}
+
 /// Sends `total` requests on the schedule `start + i / rate`, one
 /// outstanding per connection of `conns` at most (more would only queue in
 /// the generator; their lateness is still counted because latency starts
@@ -325,10 +353,11 @@ pub async fn open_loop(
                     // minted is not counted as server latency.
                     let Some(body) = source.get(i).await else { break };
                     let intended = start + interval.mul_f64(i as f64);
-                    tokio::time::sleep_until(intended).await;
-                    rec.sent_late(intended.elapsed());
+                    tokio::time::sleep_until(wake_for(intended)).await;
+                    let sent = tokio::time::Instant::now();
+                    rec.sent_late(sent.saturating_duration_since(intended));
                     let result = conn.exchange(body).await;
-                    rec.record_scheduled(intended - start, intended.elapsed(), result);
+                    rec.record_scheduled(intended - start, counted_from(intended, sent).elapsed(), result);
                 }
                 conn
             })
@@ -405,6 +434,17 @@ mod tests {
         let err = conn.exchange(Bytes::from_static(b"{}")).await.expect_err("must fail");
         assert_eq!(err.0, "transport");
         assert!(conn.stream.is_none());
+    }
+
+    #[test]
+    fn an_early_send_counts_from_the_send_and_a_late_one_from_its_slot() {
+        let slot = tokio::time::Instant::now() + Duration::from_secs(10);
+        assert_eq!(wake_for(slot), slot - EARLY, "the task asks to wake 1 ms before its slot");
+        let early = slot - Duration::from_micros(700);
+        assert_eq!(counted_from(slot, early), early, "an early send is timed from the send, never from later");
+        let late = slot + Duration::from_micros(300);
+        assert_eq!(counted_from(slot, late), slot, "a late send is timed from its slot, lateness included");
+        assert_eq!(counted_from(slot, slot), slot);
     }
 
     #[test]

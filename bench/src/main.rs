@@ -595,7 +595,7 @@ impl Phase {
         s.push_str(&format!("; generator CPU {:.0} µs/request", self.generator_cpu_us_per_request));
         if let Some(late) = &self.send_lateness {
             s.push_str(&format!(
-                "\n  the generator began requests late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (included above)",
+                "\n  the generator began requests late by p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (included above; a request begun early counts 0)",
                 late.p50, late.p99, late.max
             ));
         }

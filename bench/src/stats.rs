@@ -80,7 +80,8 @@ impl Recorder {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).started = Some(at);
     }
 
-    /// Records how late the generator sent one request of an open loop.
+    /// Records how late the generator sent one request of an open loop
+    /// (zero for one sent early).
     pub fn sent_late(&self, lateness: Duration) {
         let us = u32::try_from(lateness.as_micros()).unwrap_or(u32::MAX);
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).send_lateness_us.push(us);
