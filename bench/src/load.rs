@@ -316,9 +316,9 @@ fn wake_for(intended: tokio::time::Instant) -> tokio::time::Instant {
 
 /// Where a request's latency starts: its slot, or its send if that came
 /// first. A late send is the generator's lateness, and is counted, as a
-/// server's stall is (no coordinated omission); an early one is not
-/// credited to the server, whose latency is then the request's own round
-/// trip.
+/// server's stall is (no coordinated omission); an early send is timed
+/// from the send, so its head start is never taken off the server's time
+/// and the latency is the request's own round trip.
 fn counted_from(intended: tokio::time::Instant, sent: tokio::time::Instant) -> tokio::time::Instant {
     intended.min(sent)
 }
