@@ -3,7 +3,7 @@
 //! fixed send schedule).
 //!
 //! Open-loop latency is measured from each request's *intended* send time
-//! (`start + i / rate`), not from when it was actually sent: a server that
+//! (`start + i / rate`), never from a later actual send: a server that
 //! stalls delays the requests scheduled behind the stall, and measuring from
 //! the actual send would hide exactly that (coordinated omission). The
 //! schedule is kept with Tokio's timer, which has 1 ms ticks and rounds a

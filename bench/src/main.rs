@@ -328,7 +328,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })
         .await?;
         println!(
-            "open loop at {rate:.0}/s after {} of warm-up (latency from intended send time): {}",
+            "open loop at {rate:.0}/s after {} of warm-up (latency from intended send time, or from the send if earlier): {}",
             humantime::format_duration(args.warmup),
             phase.line()
         );
