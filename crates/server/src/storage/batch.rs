@@ -16,8 +16,12 @@
 //!   failed commit fails every write of the batch, and none is visible.
 //! - **Throughput follows concurrency.** While one batch syncs (milliseconds
 //!   on real disks) the next one fills, so the rate is no longer bounded by
-//!   one fsync per exchange. An idle server commits a lone write at once:
-//!   there is no timer and no added latency.
+//!   one fsync per exchange. A write that comes at least
+//!   [`MIN_COMMIT_INTERVAL`] after the previous commit began is committed
+//!   at once. One that comes sooner waits for the rest of that interval,
+//!   and so does the next exchange of a client that sends them one after
+//!   another: such a client sees about 2 ms per exchange (docs/PERFORMANCE.md,
+//!   session 25).
 //!
 //! The queue is bounded ([`QUEUE_CAPACITY`]): when storage falls behind,
 //! requests wait for a slot instead of piling up in memory.
@@ -43,9 +47,10 @@ pub const QUEUE_CAPACITY: usize = 4096;
 /// under load and spends most of its time rewriting the same pages. When
 /// the previous commit started less than this long ago, the writer
 /// therefore lets the queue fill for the rest of this interval first.
-/// An idle server is not slowed: a lone write after a pause commits at
-/// once. Under load it adds at most this much latency per request. 2 ms
-/// measured best of 0, 1 and 2 ms (docs/PERFORMANCE.md).
+/// A write after a pause at least this long commits at once. Any other
+/// write waits at most this much, the lone write of a client that sends
+/// one exchange after another too. 2 ms measured best of 0, 1 and 2 ms
+/// (docs/PERFORMANCE.md).
 pub const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One write of the exchange path.
